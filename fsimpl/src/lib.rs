@@ -1,0 +1,132 @@
+//! Media Format layer of dicomfs (PS3.10 section 6: the layer below the DICOM File Service).
+//!
+//! A [`Medium`] stores named byte streams in a hierarchy of directories. It knows nothing of DICOM:
+//! the DICOM layer above addresses files by relative `/`-separated paths ("" is the root) and asks
+//! the medium to read, write, create, delete, rename, list and stat them.
+//!
+//! Implementations: [`HostDir`] (a directory of the host filesystem). A FAT12/16/32 medium on a
+//! block device or image file is planned behind the same trait.
+
+mod host;
+
+pub use host::HostDir;
+
+use std::fs::File;
+use std::io;
+use std::time::SystemTime;
+
+/// The kind of a directory entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    File,
+    Dir,
+}
+
+/// One entry of a directory listing, as the medium spells it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: String,
+    pub kind: Kind,
+}
+
+/// What the medium knows of one file or directory (M-INQUIRE FILE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub atime: SystemTime,
+    pub ctime: SystemTime,
+}
+
+/// Space on the medium (M-INQUIRE FILE-SET).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatFs {
+    pub block_size: u32,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub blocks_avail: u64,
+    pub files: u64,
+    pub files_free: u64,
+    pub name_max: u32,
+}
+
+/// A storage medium: the operations the DICOM File Service needs of the Media Format layer.
+///
+/// Paths are relative to the medium's root, use `/` as separator, have no empty, `.` or `..`
+/// components, and are passed exactly as spelled (case is the medium's business).
+pub trait Medium: Send + Sync {
+    /// A short description for logs and `dicomfs info` ("host directory /media/x").
+    fn describe(&self) -> String;
+    /// Read up to `buf.len()` bytes at `offset`; returns the number read (0 at end of file).
+    fn read_at(&self, path: &str, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// Write all of `data` at `offset`, extending the file as needed.
+    fn write_at(&self, path: &str, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Create an empty file; fails with `AlreadyExists` if anything has that name.
+    fn create(&self, path: &str) -> io::Result<()>;
+    /// Create a directory; fails with `AlreadyExists` if anything has that name.
+    fn mkdir(&self, path: &str) -> io::Result<()>;
+    /// Set a file's length.
+    fn truncate(&self, path: &str, size: u64) -> io::Result<()>;
+    /// Delete a file.
+    fn remove(&self, path: &str) -> io::Result<()>;
+    /// Delete an empty directory.
+    fn rmdir(&self, path: &str) -> io::Result<()>;
+    /// Rename a file or directory, replacing a file at `to`.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// List a directory (without `.` and `..`), in the medium's order.
+    fn list(&self, dir: &str) -> io::Result<Vec<DirEntry>>;
+    /// Stat one path ("" is the root directory).
+    fn stat(&self, path: &str) -> io::Result<Stat>;
+    /// Space on the medium.
+    fn statfs(&self) -> io::Result<StatFs>;
+    /// Make what was written to `path` (or to everything, with `None`) durable.
+    fn sync(&self, path: Option<&str>) -> io::Result<()>;
+    /// A kernel file whose bytes are exactly the file's bytes, for zero-copy serving
+    /// (FUSE passthrough). Media that are not plain host files return `None`.
+    fn backing_file(&self, _path: &str) -> Option<io::Result<File>> {
+        None
+    }
+}
+
+/// Check that `path` is a relative medium path: no leading `/`, no empty, `.` or `..` components.
+pub fn check_path(path: &str) -> io::Result<()> {
+    if path.is_empty() {
+        return Ok(());
+    }
+    for c in path.split('/') {
+        if c.is_empty() || c == "." || c == ".." || c.contains('\0') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not a relative medium path: {path:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Join a directory path and a name.
+pub fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert!(check_path("").is_ok());
+        assert!(check_path("A/B/C").is_ok());
+        assert!(check_path("/A").is_err());
+        assert!(check_path("A//B").is_err());
+        assert!(check_path("A/../B").is_err());
+        assert!(check_path("./A").is_err());
+        assert_eq!(join("", "X"), "X");
+        assert_eq!(join("A/B", "X"), "A/B/X");
+    }
+}

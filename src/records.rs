@@ -1,0 +1,271 @@
+//! Directory records for an instance (PS3.3 Annex F, PS3.11 Annex J): which record type a SOP
+//! Class gets and which keys each record carries, taken from the instance's data set.
+
+use crate::dicom::{tags, Reader, Syntax, ITEM_END, UNDEFINED};
+use crate::dicomdir::Elem;
+
+const P: &str = "1.2.840.10008.5.1.4.1.1.";
+
+/// The leaf record type for a SOP Class UID (dicomdir-facts.md section 4).
+pub fn record_type(sop_class: &str) -> &'static str {
+    match sop_class {
+        "1.2.840.10008.5.1.4.38.1" => return "HANGING PROTOCOL",
+        "1.2.840.10008.5.1.4.39.1" => return "PALETTE",
+        "1.2.840.10008.5.1.4.43.1" => return "IMPLANT",
+        "1.2.840.10008.5.1.4.44.1" => return "IMPLANT ASSY",
+        "1.2.840.10008.5.1.4.45.1" => return "IMPLANT GROUP",
+        _ => {}
+    }
+    let Some(s) = sop_class.strip_prefix(P) else {
+        return "IMAGE";
+    };
+    match s {
+        "88.59" => "KEY OBJECT DOC",
+        "88.11" | "88.22" | "88.33" | "88.34" | "88.35" | "88.40" | "88.50" | "88.65" | "88.67"
+        | "88.68" | "88.69" | "88.70" | "88.71" | "88.72" | "88.73" | "88.74" | "88.75"
+        | "78.6" | "79.1" => "SR DOCUMENT",
+        "131" => "PRESENTATION",
+        "481.2" => "RT DOSE",
+        "481.3" => "RT STRUCTURE SET",
+        "481.5" | "481.8" => "RT PLAN",
+        "481.4" | "481.6" | "481.7" | "481.9" => "RT TREAT RECORD",
+        "4.2" => "SPECTROSCOPY",
+        "66" => "RAW DATA",
+        "66.1" | "66.3" => "REGISTRATION",
+        "66.2" => "FIDUCIAL",
+        "66.5" => "SURFACE",
+        "66.6" => "TRACT",
+        "67" => "VALUE MAP",
+        "68.1" | "68.2" => "SURFACE SCAN",
+        "77.1.5.3" => "STEREOMETRIC",
+        "78.1" | "78.2" | "78.3" | "78.4" | "78.5" | "78.7" | "78.8" | "80.1" => "MEASUREMENT",
+        s if s.starts_with("11.") => "PRESENTATION",
+        s if s.starts_with("9.") => "WAVEFORM",
+        s if s.starts_with("104.") => "ENCAP DOC",
+        _ => "IMAGE",
+    }
+}
+
+/// The top-level elements of a data set (Explicit VR Little Endian, Implicit VR or Big Endian),
+/// up to but not including Pixel Data. Sequences are kept as their encoded bytes.
+pub fn read_dataset(buf: &[u8], start: usize, syntax: Syntax) -> Result<Vec<Elem>, String> {
+    let mut r = Reader::new(buf, start, syntax);
+    let mut out = Vec::new();
+    while !r.at_end() {
+        let at = r.pos;
+        let h = r.header()?;
+        if h.tag >= tags::PIXEL_DATA || h.tag == ITEM_END {
+            break;
+        }
+        if h.len == UNDEFINED {
+            r.skip_value(&h)?;
+            out.push(Elem {
+                tag: h.tag,
+                vr: *b"SQ",
+                value: buf[at + h.header_len..r.pos.saturating_sub(8)].to_vec(),
+            });
+            continue;
+        }
+        let v = r.value(&h)?;
+        out.push(Elem {
+            tag: h.tag,
+            vr: h.vr,
+            value: v.to_vec(),
+        });
+    }
+    Ok(out)
+}
+
+fn get<'a>(ds: &'a [Elem], tag: u32) -> Option<&'a Elem> {
+    ds.iter().find(|e| e.tag == tag)
+}
+
+/// Copy the listed keys that the instance has (Type 1C/2/3 behaviour); `required` keys are
+/// written empty when missing (Type 2) so the record stays valid.
+fn copy(ds: &[Elem], keys: &[(u32, [u8; 2])], required: &[u32]) -> Vec<Elem> {
+    let mut out = Vec::new();
+    for &(tag, vr) in keys {
+        match get(ds, tag) {
+            Some(e) => out.push(e.clone()),
+            None if required.contains(&tag) => out.push(Elem {
+                tag,
+                vr,
+                value: Vec::new(),
+            }),
+            None => {}
+        }
+    }
+    out
+}
+
+/// The four records of one instance: patient, study, series, and the leaf (type and elements).
+pub struct InstanceRecords {
+    pub patient: Vec<Elem>,
+    pub study: Vec<Elem>,
+    pub series: Vec<Elem>,
+    pub leaf_type: &'static str,
+    pub leaf: Vec<Elem>,
+}
+
+/// Build the records for an instance whose data set is `ds`, stored under `file_id` (components
+/// joined with `\`), with the given SOP Class, Instance and Transfer Syntax UIDs.
+pub fn for_instance(
+    ds: &[Elem],
+    file_id: &str,
+    sop_class: &str,
+    sop_instance: &str,
+    transfer_syntax: &str,
+) -> InstanceRecords {
+    let cs: Vec<Elem> = get(ds, tags::SPECIFIC_CHARACTER_SET)
+        .cloned()
+        .into_iter()
+        .collect();
+    let mut patient = cs.clone();
+    patient.extend(copy(
+        ds,
+        &[
+            (tags::PATIENT_NAME, *b"PN"),
+            (tags::PATIENT_ID, *b"LO"),
+            (tags::PATIENT_BIRTH_DATE, *b"DA"),
+            (tags::PATIENT_SEX, *b"CS"),
+        ],
+        &[tags::PATIENT_NAME, tags::PATIENT_ID],
+    ));
+    let mut study = cs.clone();
+    study.extend(copy(
+        ds,
+        &[
+            (tags::STUDY_DATE, *b"DA"),
+            (tags::STUDY_TIME, *b"TM"),
+            (tags::ACCESSION_NUMBER, *b"SH"),
+            (tags::STUDY_DESCRIPTION, *b"LO"),
+            (tags::STUDY_INSTANCE_UID, *b"UI"),
+            (tags::STUDY_ID, *b"SH"),
+        ],
+        &[
+            tags::STUDY_DATE,
+            tags::STUDY_TIME,
+            tags::ACCESSION_NUMBER,
+            tags::STUDY_DESCRIPTION,
+            tags::STUDY_ID,
+        ],
+    ));
+    let mut series = cs.clone();
+    series.extend(copy(
+        ds,
+        &[
+            (tags::MODALITY, *b"CS"),
+            (tags::INSTITUTION_NAME, *b"LO"),
+            (tags::SERIES_DESCRIPTION, *b"LO"),
+            (tags::SERIES_INSTANCE_UID, *b"UI"),
+            (tags::SERIES_NUMBER, *b"IS"),
+        ],
+        &[
+            tags::MODALITY,
+            tags::SERIES_INSTANCE_UID,
+            tags::SERIES_NUMBER,
+        ],
+    ));
+    let leaf_type = record_type(sop_class);
+    let mut leaf = cs;
+    leaf.push(Elem::str(tags::REFERENCED_FILE_ID, b"CS", file_id));
+    leaf.push(Elem::str(tags::REFERENCED_SOP_CLASS, b"UI", sop_class));
+    leaf.push(Elem::str(
+        tags::REFERENCED_SOP_INSTANCE,
+        b"UI",
+        sop_instance,
+    ));
+    leaf.push(Elem::str(
+        tags::REFERENCED_TRANSFER_SYNTAX,
+        b"UI",
+        transfer_syntax,
+    ));
+    let common = [(tags::INSTANCE_NUMBER, *b"IS")];
+    let specific: &[(u32, [u8; 2])] = match leaf_type {
+        "IMAGE" => &[
+            (tags::IMAGE_TYPE, *b"CS"),
+            (0x0008_002A, *b"DT"),
+            (0x0018_1800, *b"CS"),
+            (0x0020_0032, *b"DS"),
+            (0x0020_0037, *b"DS"),
+            (0x0020_0052, *b"UI"),
+            (0x0020_0200, *b"UI"),
+            (0x0028_0008, *b"IS"),
+            (tags::ROWS, *b"US"),
+            (tags::COLUMNS, *b"US"),
+            (0x0028_0030, *b"DS"),
+            (0x0028_2112, *b"DS"),
+            (0x0050_0004, *b"CS"),
+            (0x0008_1140, *b"SQ"),
+        ],
+        "SR DOCUMENT" => &[
+            (tags::CONTENT_DATE, *b"DA"),
+            (tags::CONTENT_TIME, *b"TM"),
+            (0x0040_A030, *b"DT"),
+            (tags::CONCEPT_NAME_CODE_SEQUENCE, *b"SQ"),
+            (tags::COMPLETION_FLAG, *b"CS"),
+            (tags::VERIFICATION_FLAG, *b"CS"),
+        ],
+        "KEY OBJECT DOC" | "WAVEFORM" => &[
+            (tags::CONTENT_DATE, *b"DA"),
+            (tags::CONTENT_TIME, *b"TM"),
+            (tags::CONCEPT_NAME_CODE_SEQUENCE, *b"SQ"),
+        ],
+        "ENCAP DOC" => &[
+            (tags::CONTENT_DATE, *b"DA"),
+            (tags::CONTENT_TIME, *b"TM"),
+            (tags::DOCUMENT_TITLE, *b"ST"),
+            (tags::CONCEPT_NAME_CODE_SEQUENCE, *b"SQ"),
+            (tags::MIME_TYPE, *b"LO"),
+        ],
+        "PRESENTATION" => &[
+            (0x0008_1115, *b"SQ"),
+            (tags::CONTENT_LABEL, *b"CS"),
+            (0x0070_0081, *b"LO"),
+            (0x0070_0082, *b"DA"),
+            (0x0070_0083, *b"TM"),
+            (0x0070_0084, *b"PN"),
+        ],
+        "RT DOSE" => &[(0x3004_000A, *b"CS")],
+        "RT STRUCTURE SET" => &[
+            (0x3006_0002, *b"SH"),
+            (0x3006_0008, *b"DA"),
+            (0x3006_0009, *b"TM"),
+        ],
+        "RT PLAN" => &[
+            (0x300A_0002, *b"SH"),
+            (0x300A_0006, *b"DA"),
+            (0x300A_0007, *b"TM"),
+        ],
+        _ => &[],
+    };
+    leaf.extend(copy(ds, &common, &[tags::INSTANCE_NUMBER]));
+    leaf.extend(copy(ds, specific, &[]));
+    InstanceRecords {
+        patient,
+        study,
+        series,
+        leaf_type,
+        leaf,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_types() {
+        assert_eq!(record_type("1.2.840.10008.5.1.4.1.1.4"), "IMAGE");
+        assert_eq!(record_type("1.2.840.10008.5.1.4.1.1.88.11"), "SR DOCUMENT");
+        assert_eq!(record_type("1.2.840.10008.5.1.4.1.1.104.1"), "ENCAP DOC");
+        assert_eq!(record_type("1.2.840.10008.5.1.4.1.1.481.2"), "RT DOSE");
+        assert_eq!(record_type("1.2.840.10008.5.1.4.1.1.11.1"), "PRESENTATION");
+        assert_eq!(record_type("1.2.840.10008.5.1.4.1.1.9.1.1"), "WAVEFORM");
+        assert_eq!(
+            record_type("1.2.840.10008.5.1.4.1.1.88.59"),
+            "KEY OBJECT DOC"
+        );
+        assert_eq!(record_type("1.2.840.10008.5.1.4.38.1"), "HANGING PROTOCOL");
+    }
+}
