@@ -1,1 +1,284 @@
+//! The thin `fuser` adapter: translate kernel requests into [`Vfs`] calls and errors into errnos.
+//! File reads go through FUSE passthrough (the kernel reads the backing file itself) where the
+//! kernel and the medium allow it, and through [`Vfs::read`] otherwise.
 
+use crate::error::Error;
+use crate::vfs::{Attr, Vfs};
+use fsimpl::Kind;
+use fuser::{
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// How long the kernel may cache names and attributes: the File-set does not change under a
+/// read-only mount.
+const TTL: Duration = Duration::from_secs(60);
+
+/// One backing file per inode while it is open (FUSE passthrough).
+#[derive(Default)]
+struct Backing {
+    by_fh: HashMap<u64, Arc<BackingId>>,
+    by_ino: HashMap<u64, Weak<BackingId>>,
+}
+
+pub struct FuseFs {
+    vfs: Vfs,
+    passthrough: AtomicBool,
+    want_passthrough: bool,
+    backing: Mutex<Backing>,
+    next_fh: AtomicU64,
+    uid: u32,
+    gid: u32,
+}
+
+impl FuseFs {
+    pub fn new(vfs: Vfs, want_passthrough: bool) -> FuseFs {
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        FuseFs {
+            vfs,
+            passthrough: AtomicBool::new(false),
+            want_passthrough,
+            backing: Mutex::new(Backing::default()),
+            next_fh: AtomicU64::new(1),
+            uid,
+            gid,
+        }
+    }
+
+    fn attr(&self, a: &Attr) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(a.ino),
+            size: a.size,
+            blocks: a.size.div_ceil(512),
+            atime: a.atime,
+            mtime: a.mtime,
+            ctime: a.ctime,
+            crtime: a.mtime,
+            kind: kind(a.kind),
+            perm: a.perm,
+            nlink: a.nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 1 << 20,
+            flags: 0,
+        }
+    }
+}
+
+fn kind(k: Kind) -> FileType {
+    match k {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+    }
+}
+
+fn errno(e: &Error) -> Errno {
+    e.log();
+    Errno::from_i32(e.errno())
+}
+
+fn erofs(what: &str) -> Errno {
+    log::info!("{what}: refused, the mount is read-only");
+    Errno::EROFS
+}
+
+impl Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_readahead(1 << 20);
+        if self.want_passthrough
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(2).is_ok()
+        {
+            self.passthrough.store(true, Ordering::Relaxed);
+            log::debug!("FUSE passthrough enabled");
+        } else {
+            log::info!("FUSE passthrough not available: reads go through the daemon");
+        }
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.vfs.lookup(parent.0, name) {
+            Ok(a) => reply.entry(&TTL, &self.attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.vfs.getattr(ino.0) {
+            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+            return reply.error(erofs(&format!("open for writing (inode {})", ino.0)));
+        }
+        let path = match self.vfs.file_path(ino.0) {
+            Ok(p) => p,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if self.passthrough.load(Ordering::Relaxed) {
+            let mut b = self.backing.lock();
+            let existing = b.by_ino.get(&ino.0).and_then(Weak::upgrade);
+            let id = match existing {
+                Some(id) => Some(id),
+                None => {
+                    match self.vfs.medium().backing_file(&path) {
+                        Some(Ok(file)) => match reply.open_backing(&file) {
+                            Ok(id) => {
+                                let id = Arc::new(id);
+                                b.by_ino.insert(ino.0, Arc::downgrade(&id));
+                                Some(id)
+                            }
+                            Err(e) => {
+                                log::info!("{path}: passthrough refused ({e}); serving reads from the daemon");
+                                None
+                            }
+                        },
+                        Some(Err(e)) => return reply.error(errno(&Error::medium(path, e))),
+                        None => None,
+                    }
+                }
+            };
+            if let Some(id) = id {
+                b.by_fh.insert(fh, id.clone());
+                return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+            }
+        }
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.vfs.read(ino.0, offset, size as usize) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let mut b = self.backing.lock();
+        if b.by_fh.remove(&fh.0).is_some()
+            && b.by_ino.get(&ino.0).is_some_and(|w| w.strong_count() == 0)
+        {
+            b.by_ino.remove(&ino.0);
+        }
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.vfs.getattr(ino.0) {
+            Ok(a) if a.kind == Kind::Dir => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.vfs.readdir(ino.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let dots = [(".", ino.0, Kind::Dir), ("..", ino.0, Kind::Dir)];
+        let all = dots
+            .iter()
+            .map(|(n, i, k)| (*n, *i, *k))
+            .chain(entries.iter().map(|(n, i, k)| (&**n, *i, *k)));
+        for (i, (name, child, k)) in all.enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child), (i + 1) as u64, kind(k), name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.vfs.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks,
+                s.blocks_free,
+                s.blocks_avail,
+                s.files,
+                s.files_free,
+                s.block_size,
+                s.name_max,
+                s.block_size,
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        if mask.bits() & libc::W_OK != 0 {
+            return reply.error(Errno::EROFS);
+        }
+        match self.vfs.getattr(ino.0) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _p: INodeNo,
+        name: &OsStr,
+        _m: u32,
+        _u: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(erofs(&format!("mkdir {name:?}")))
+    }
+
+    fn unlink(&self, _req: &Request, _p: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply.error(erofs(&format!("unlink {name:?}")))
+    }
+
+    fn rmdir(&self, _req: &Request, _p: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply.error(erofs(&format!("rmdir {name:?}")))
+    }
+}
