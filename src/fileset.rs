@@ -12,6 +12,35 @@ pub const DICOMDIR: &str = "DICOMDIR";
 /// The largest DICOMDIR dicomfs reads (a 100,000-record DICOMDIR is about 40 MB).
 pub const MAX_DICOMDIR: u64 = 2 << 30;
 
+/// Record types that always reference an instance file (PS3.3 F.4).
+const LEAF_TYPES: &[&str] = &[
+    "IMAGE",
+    "RT DOSE",
+    "RT STRUCTURE SET",
+    "RT PLAN",
+    "RT TREAT RECORD",
+    "PRESENTATION",
+    "WAVEFORM",
+    "SR DOCUMENT",
+    "KEY OBJECT DOC",
+    "SPECTROSCOPY",
+    "RAW DATA",
+    "REGISTRATION",
+    "FIDUCIAL",
+    "ENCAP DOC",
+    "VALUE MAP",
+    "STEREOMETRIC",
+    "PLAN",
+    "MEASUREMENT",
+    "SURFACE",
+    "SURFACE SCAN",
+    "TRACT",
+    "ASSESSMENT",
+    "RADIOTHERAPY",
+    "ANNOTATION",
+    "WF PRESENTATION",
+];
+
 /// How File IDs are spelled on the medium.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Spelling {
@@ -139,6 +168,7 @@ impl FileSet {
     /// `progress` is called with (done, total) as records are checked.
     pub fn check(&self, mut progress: impl FnMut(usize, usize)) -> Vec<Finding> {
         let mut out = self.dir.findings.clone();
+        let mut unknown = Vec::new();
         let mut err = |m: String| {
             out.push(Finding {
                 severity: Severity::Error,
@@ -169,9 +199,14 @@ impl FileSet {
                 ));
             }
             let Some(fid) = r.file_id.as_deref() else {
-                if dicomdir::level_of(&r.rtype) == 3 && &*r.rtype != "PRIVATE" {
+                if LEAF_TYPES.contains(&&*r.rtype) {
                     err(format!(
                         "{} record at byte {at} has no Referenced File ID",
+                        r.rtype
+                    ));
+                } else if dicomdir::level_of(&r.rtype) == 3 && &*r.rtype != "PRIVATE" {
+                    unknown.push(format!(
+                        "record at byte {at} has the unknown record type {:?}",
                         r.rtype
                     ));
                 }
@@ -233,6 +268,10 @@ impl FileSet {
             }
         }
         progress(total, total);
+        out.extend(unknown.into_iter().map(|message| Finding {
+            severity: Severity::Warning,
+            message,
+        }));
         out
     }
 }
