@@ -357,7 +357,7 @@ impl DicomDir {
                     tags::RECORD_TYPE => rec.rtype = dicom::ascii(v).into(),
                     tags::REFERENCED_FILE_ID => {
                         let parts: Vec<String> =
-                            v.split(|&b| b == b'\\').map(|p| dicom::ascii(p)).collect();
+                            v.split(|&b| b == b'\\').map(dicom::ascii).collect();
                         rec.file_id = Some(parts.join("\\").into());
                     }
                     t if KEPT_KEYS.contains(&t) => raw_keys.push((t, v)),

@@ -76,7 +76,7 @@ pub fn read_dataset(buf: &[u8], start: usize, syntax: Syntax) -> Result<Vec<Elem
     Ok(out)
 }
 
-fn get<'a>(ds: &'a [Elem], tag: u32) -> Option<&'a Elem> {
+fn get(ds: &[Elem], tag: u32) -> Option<&Elem> {
     ds.iter().find(|e| e.tag == tag)
 }
 

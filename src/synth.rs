@@ -56,7 +56,7 @@ fn mix(mut z: u64) -> u64 {
 
 /// A deterministic UID under the 2.25 (UUID) root.
 pub fn uid(seed: u64, parts: &[u64]) -> String {
-    let mut a = mix(seed ^ 0xD1C0_F5);
+    let mut a = mix(seed ^ 0x00D1_C0F5);
     let mut b = mix(seed.wrapping_add(7));
     for &p in parts {
         a = mix(a ^ p);
@@ -187,7 +187,7 @@ pub fn instances(spec: &Spec) -> Vec<Instance> {
             let date = format!("2024{:02}{:02}", 1 + (p + st) % 12, 1 + (p * 7 + st) % 28);
             let time = format!("{:02}{:02}00", 8 + st % 10, (p * 13) % 60);
             let ct = (p + st) % 2 == 1;
-            let study = vec![
+            let study = [
                 e(
                     tags::STUDY_INSTANCE_UID,
                     b"UI",
@@ -232,7 +232,7 @@ pub fn instances(spec: &Spec) -> Vec<Instance> {
                     "SR" => "REPORT".into(),
                     _ => "SCANNED REQUEST".into(),
                 };
-                let series = vec![
+                let series = [
                     e(tags::SERIES_INSTANCE_UID, b"UI", &series_uid),
                     e(tags::SERIES_NUMBER, b"IS", format!("{}", se + 1)),
                     e(tags::MODALITY, b"CS", kind),

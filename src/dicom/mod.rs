@@ -363,7 +363,7 @@ pub struct Writer {
 
 /// Pad a value to even length the way its VR wants (PS3.5 6.2).
 pub fn padded(vr: [u8; 2], value: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if value.len() % 2 == 0 {
+    if value.len().is_multiple_of(2) {
         return value.into();
     }
     let mut v = value.to_vec();

@@ -143,8 +143,7 @@ pub fn assert_oracles_pass(dir: &Path) {
 }
 
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    out
+    cmd.output().unwrap()
 }
 
 /// `diff -r A B` is empty.

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs the test tools dicomfs needs (the oracles in ../shared/oracles: dcmtk, dicom3tools,
+# dcm2niix, pydicom, ...) and runs every test: format, lints, unit tests, real-mount tests,
+# man page lint and a short fuzz run of the DICOMDIR parser.
+# Needs root and /dev/fuse for the mount tests.  SKIP_INSTALL=1 skips the install step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+oracles="$(pwd)/../shared/oracles"
+
+if [ "${SKIP_INSTALL:-0}" != 1 ]; then
+    missing=0
+    for t in dcmdump dciodvfy dcmftest dcmmkdir dcm2niix mandoc rsync; do
+        command -v "$t" >/dev/null 2>&1 || missing=1
+    done
+    python3 -c "import pydicom" 2>/dev/null || missing=1
+    if [ "$missing" = 1 ]; then
+        echo "== installing the test tools (../shared/oracles/install_oracles.sh)"
+        bash "$oracles/install_oracles.sh"
+    fi
+fi
+[ -e /dev/fuse ] || { echo "no /dev/fuse: the mount tests cannot run" >&2; exit 1; }
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== man pages"
+if ls man/*.[1-8] >/dev/null 2>&1; then
+    out=$(mandoc -T lint -W warning man/*.[1-8] 2>&1 || true)
+    if [ -n "$out" ]; then echo "$out"; exit 1; fi
+fi
+echo "== fuzz smoke run of the DICOMDIR parser"
+if [ "${SKIP_FUZZ:-0}" != 1 ]; then
+    command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
+    RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir tests/fuzz dicomdir -- -max_total_time="${FUZZ_SECONDS:-30}"
+fi
+echo "== cargo test (unit tests, then tests that really mount)"
+cargo test --workspace 2>&1 | tee /tmp/dicomfs-test.log
+# Leave no mount behind, whatever happened.
+grep ' fuse.dicomfs\| fuse ' /proc/mounts | awk '$1 ~ /dicomfs-it-/ {print $2}' | xargs -r -n1 umount -l || true
