@@ -219,19 +219,25 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.vfs.readdir(ino.0) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        let dots = [(".", ino.0, Kind::Dir), ("..", ino.0, Kind::Dir)];
-        let all = dots
-            .iter()
-            .map(|(n, i, k)| (*n, *i, *k))
-            .chain(entries.iter().map(|(n, i, k)| (&**n, *i, *k)));
-        for (i, (name, child, k)) in all.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), (i + 1) as u64, kind(k), name) {
-                break;
+        // Offsets: 1 and 2 are "." and "..", entry i of the listing is i + 3.
+        let mut off = offset as usize;
+        if off == 0 {
+            if reply.add(ino, 1, FileType::Directory, ".") {
+                return reply.ok();
             }
+            off = 1;
+        }
+        if off == 1 {
+            if reply.add(ino, 2, FileType::Directory, "..") {
+                return reply.ok();
+            }
+            off = 2;
+        }
+        let r = self.vfs.readdir_with(ino.0, off - 2, |i, name, child, k| {
+            reply.add(INodeNo(child), (i + 3) as u64, kind(k), name)
+        });
+        if let Err(e) = r {
+            return reply.error(errno(&e));
         }
         reply.ok();
     }

@@ -379,6 +379,25 @@ impl Vfs {
         }
     }
 
+    /// Call `f(name, inode, kind)` for a directory's entries from index `skip` on, until it
+    /// returns `true` (the reply is full). No copy of the listing is made.
+    pub fn readdir_with(
+        &self,
+        ino: u64,
+        skip: usize,
+        mut f: impl FnMut(usize, &str, u64, Kind) -> bool,
+    ) -> Result<()> {
+        let l = self.listing(ino)?;
+        let nodes = self.nodes.read();
+        for (i, (n, child)) in l.entries.iter().enumerate().skip(skip) {
+            let k = nodes.get(*child).map(|n| n.kind).unwrap_or(Kind::File);
+            if f(i, n, *child, k) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// A directory's entries with their inodes and kinds.
     pub fn readdir(&self, ino: u64) -> Result<Vec<(Box<str>, u64, Kind)>> {
         let l = self.listing(ino)?;
