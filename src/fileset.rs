@@ -96,6 +96,51 @@ pub fn medium_path(file_id: &str, spelling: Spelling) -> String {
     }
 }
 
+/// Why a File-set ID is not legal (PS3.10 8.1: up to 16 characters of the File ID set), or
+/// `None`.
+pub fn fileset_id_problem(id: &str) -> Option<String> {
+    if id.len() > 16 {
+        return Some(format!("{id:?} has {} characters (at most 16)", id.len()));
+    }
+    id.chars()
+        .find(|c| !(c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_' || *c == ' '))
+        .map(|c| format!("{id:?} has the character {c:?} (only A-Z, 0-9, _ and space)"))
+}
+
+/// Create a new, empty File-set (File-set Creator): a DICOMDIR with no records and a new File-set
+/// UID. Refuses to touch a medium that already has a DICOMDIR.
+pub fn create(medium: &dyn Medium, fileset_id: &str, fileset_uid: &str) -> Result<()> {
+    if let Some(p) = fileset_id_problem(fileset_id) {
+        return Err(Error::Usage(format!("File-set ID {p}")));
+    }
+    for name in [DICOMDIR, "dicomdir"] {
+        if medium.stat(name).is_ok() {
+            return Err(Error::Invalid {
+                path: format!("{}: {name}", medium.describe()),
+                reason: "already exists; dicomfs init does not touch an existing File-set".into(),
+            });
+        }
+    }
+    let bytes = dicomdir::WDicomDir {
+        fileset_id: fileset_id.into(),
+        fileset_uid: fileset_uid.into(),
+        ..Default::default()
+    }
+    .encode();
+    // create() is exclusive, so a DICOMDIR made meanwhile by someone else is not overwritten.
+    let wrap = |e| Error::medium(DICOMDIR, e);
+    medium.create(DICOMDIR).map_err(wrap)?;
+    let written = medium
+        .write_at(DICOMDIR, 0, &bytes)
+        .and_then(|_| medium.sync(Some(DICOMDIR)))
+        .and_then(|_| medium.sync(None));
+    if let Err(e) = written {
+        let _ = medium.remove(DICOMDIR);
+        return Err(wrap(e));
+    }
+    Ok(())
+}
+
 impl FileSet {
     /// Open the File-set on a medium: read and parse its DICOMDIR.
     pub fn open(medium: Arc<dyn Medium>) -> Result<FileSet> {

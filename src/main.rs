@@ -55,6 +55,14 @@ enum Cmd {
         #[arg(short = 'o', value_delimiter = ',')]
         options: Vec<String>,
     },
+    /// Create a new, empty File-set in SOURCE (a directory): a DICOMDIR with no records and a new
+    /// File-set UID. Refuses to touch an existing DICOMDIR.
+    Init {
+        source: PathBuf,
+        /// File-set ID (0004,1130): up to 16 characters of A-Z, 0-9, _ and space.
+        #[arg(long, default_value = "")]
+        fileset_id: String,
+    },
     /// List the patient / study / series / instance tree of the DICOMDIR in SOURCE.
     Ls { source: PathBuf },
     /// Check the File-set in SOURCE. Exit 0 clean, 4 errors found, 8 could not run.
@@ -153,6 +161,30 @@ fn main() -> ExitCode {
                 mount_foreground(&m, Some(fd))
             } else {
                 mount_background(log_file.as_deref())
+            }
+        }
+        Cmd::Init { source, fileset_id } => {
+            init_log(None, false);
+            let m = match fsimpl::HostDir::open(&source) {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("dicomfs: {}: {e}", source.display());
+                    return ExitCode::from(1);
+                }
+            };
+            let uid = synth::fresh_uid();
+            match dicomfs::fileset::create(&m, &fileset_id, &uid) {
+                Ok(()) => {
+                    println!(
+                        "{}: new File-set {fileset_id:?}, UID {uid}",
+                        source.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("dicomfs: {e}");
+                    ExitCode::from(if matches!(e, Error::Usage(_)) { 2 } else { 1 })
+                }
             }
         }
         Cmd::Ls { source } => {

@@ -159,3 +159,57 @@ fn ls_lists_the_tree() {
     // 2 patients x (1 study + 3 series + 5 instances)
     assert_eq!(lines.len(), 2 * (1 + 1 + 3 + 5));
 }
+
+#[test]
+fn init_creates_an_empty_fileset_and_never_touches_an_existing_one() {
+    need("dciodvfy");
+    let t = TempDir::new("init");
+    let out = run(Command::new(bin())
+        .args(["init", "--fileset-id", "MY STICK"])
+        .arg(t.path()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(t.join("DICOMDIR")).unwrap();
+    let d = DicomDir::parse(&bytes).unwrap();
+    assert_eq!(d.fileset_id, "MY STICK");
+    assert!(d.fileset_uid.starts_with("2.25."));
+    assert_eq!(
+        (
+            d.records.len(),
+            d.first_root,
+            d.last_root,
+            d.consistency_flag
+        ),
+        (0, 0, 0, 0)
+    );
+    assert!(d.findings.is_empty(), "{:?}", d.findings);
+    // The oracles that apply to an empty File-set (dcmftest and dcmmkdir need files).
+    let v = run(Command::new("dciodvfy").arg(t.join("DICOMDIR")));
+    let text =
+        String::from_utf8_lossy(&v.stderr).into_owned() + &String::from_utf8_lossy(&v.stdout);
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("Error")).count(),
+        0,
+        "{text}"
+    );
+    let p = run(Command::new("python3")
+        .arg(oracles_dir().join("fileset_list.py"))
+        .arg(t.join("DICOMDIR")));
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stdout));
+    assert_eq!(check(t.path()).0, 0);
+    // A second init refuses and changes nothing.
+    let out = run(Command::new(bin()).arg("init").arg(t.path()));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DICOMDIR: already exists"));
+    assert_eq!(std::fs::read(t.join("DICOMDIR")).unwrap(), bytes);
+    // An illegal File-set ID is a usage error.
+    let t2 = TempDir::new("init2");
+    let out = run(Command::new(bin())
+        .args(["init", "--fileset-id", "lowercase"])
+        .arg(t2.path()));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!t2.join("DICOMDIR").exists());
+}
