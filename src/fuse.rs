@@ -8,7 +8,7 @@ use fsimpl::Kind;
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
 };
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -68,7 +68,10 @@ impl FuseFs {
             uid: self.uid,
             gid: self.gid,
             rdev: 0,
-            blksize: 1 << 20,
+            // What a host filesystem reports (and the kernel's default for FUSE). Tools size
+            // their buffers by it: 1 MiB made `cat` fault in a fresh 1 MiB buffer per file and
+            // read 10,000 small files at a third of the native rate.
+            blksize: 4096,
             flags: 0,
         }
     }
@@ -104,6 +107,8 @@ impl Filesystem for FuseFs {
             log::info!("FUSE passthrough not available: reads go through the daemon");
         }
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // Listings carry attributes, so `find`/`ls -l` need no lookup per entry.
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         Ok(())
     }
 
@@ -238,6 +243,58 @@ impl Filesystem for FuseFs {
         });
         if let Err(e) = r {
             return reply.error(errno(&e));
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let me = match self.vfs.getattr(ino.0) {
+            Ok(a) => self.attr(&a),
+            Err(e) => return reply.error(errno(&e)),
+        };
+        // Offsets as in readdir. The kernel takes no attributes from "." and "..".
+        let mut off = offset as usize;
+        for (o, dot) in [(1usize, "."), (2, "..")] {
+            if off == o - 1 {
+                if reply.add(ino, o as u64, dot, &TTL, &me, Generation(0)) {
+                    return reply.ok();
+                }
+                off = o;
+            }
+        }
+        let mut entries = Vec::new();
+        let r = self.vfs.readdir_with(ino.0, off - 2, |i, name, child, _| {
+            entries.push((i, name.to_string(), child));
+            entries.len() >= 256
+        });
+        if let Err(e) = r {
+            return reply.error(errno(&e));
+        }
+        for (i, name, child) in entries {
+            let a = match self.vfs.getattr(child) {
+                Ok(a) => self.attr(&a),
+                Err(e) => {
+                    e.log();
+                    continue;
+                }
+            };
+            if reply.add(
+                INodeNo(child),
+                (i + 3) as u64,
+                name,
+                &TTL,
+                &a,
+                Generation(0),
+            ) {
+                break;
+            }
         }
         reply.ok();
     }
