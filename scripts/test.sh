@@ -32,7 +32,12 @@ fi
 echo "== fuzz smoke run of the DICOMDIR parser"
 if [ "${SKIP_FUZZ:-0}" != 1 ]; then
     command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
-    RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir tests/fuzz dicomdir -- -max_total_time="${FUZZ_SECONDS:-30}"
+    # Only a stable toolchain exists here: RUSTC_BOOTSTRAP lets cargo-fuzz use its nightly flags.
+    # An allocation over 64 MB counts as a crash: no length field may size an allocation.
+    mkdir -p tests/fuzz/corpus/dicomdir
+    RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir tests/fuzz dicomdir \
+        tests/fuzz/corpus/dicomdir tests/fuzz/seeds/dicomdir -- \
+        -dict=tests/fuzz/dicomdir.dict -malloc_limit_mb=64 -max_total_time="${FUZZ_SECONDS:-30}"
 fi
 echo "== cargo test (unit tests, then tests that really mount)"
 cargo test --workspace 2>&1 | tee /tmp/dicomfs-test.log

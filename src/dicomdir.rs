@@ -247,6 +247,7 @@ impl DicomDir {
         if !have_seq {
             return Err("no Directory Record Sequence (0004,1220)".into());
         }
+        d.inherit_charset();
         if d.consistency_flag != 0 {
             d.find(
                 Severity::Error,
@@ -401,6 +402,25 @@ impl DicomDir {
             if !ok {
                 r.pos = r.buf.len();
                 return;
+            }
+        }
+    }
+
+    /// The data set's Specific Character Set comes after the record sequence (tag order), so
+    /// records without their own were decoded as Latin-1, which maps bytes to characters one to
+    /// one: turn such keys back into bytes and decode them in the inherited character set.
+    fn inherit_charset(&mut self) {
+        if self.charset.is_empty() || self.charset == "ISO_IR 100" {
+            return;
+        }
+        let cs = self.charset.clone();
+        for r in &mut self.records {
+            if r.key(tags::SPECIFIC_CHARACTER_SET).is_some() {
+                continue;
+            }
+            for (_, v) in r.keys.iter_mut().filter(|(_, v)| !v.is_ascii()) {
+                let bytes: Vec<u8> = v.chars().map(|c| c as u32 as u8).collect();
+                *v = dicom::decode_text(&bytes, &cs).into();
             }
         }
     }
@@ -767,6 +787,12 @@ impl WDicomDir {
                     continue;
                 }
                 let v = rd.value(&h)?;
+                if h.tag >> 16 == 0xFFFE {
+                    return Err(format!(
+                        "record at byte {}: a stray item tag inside the record",
+                        r.offset
+                    ));
+                }
                 if STRUCTURAL.contains(&h.tag) {
                     continue;
                 }

@@ -1253,3 +1253,32 @@ fn write_fuzz_seeds() {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
 }
+
+#[test]
+fn records_inherit_the_data_set_character_set() {
+    // A record without (0008,0005) in a DICOMDIR whose data set says ISO_IR 192.
+    let spec = synth::Spec {
+        patients: 2,
+        studies: 1,
+        series: 1,
+        instances: 1,
+        documents: false,
+        ..Default::default()
+    };
+    let mut insts = synth::instances(&spec);
+    for i in &mut insts {
+        i.ds.retain(|e| e.tag != tags::SPECIFIC_CHARACTER_SET);
+    }
+    let mut b = synth::dicomdir_for(&insts, "X", "2.25.1").encode();
+    let mut w = crate::dicom::Writer::new();
+    w.str(tags::SPECIFIC_CHARACTER_SET, *b"CS", "ISO_IR 192");
+    b.extend_from_slice(&w.out);
+    let d = DicomDir::parse(&b).unwrap();
+    assert_eq!(d.charset, "ISO_IR 192");
+    let names: Vec<&str> = d
+        .roots
+        .iter()
+        .map(|&i| d.records[i as usize].key(tags::PATIENT_NAME).unwrap())
+        .collect();
+    assert_eq!(names, ["DOE^JANE", "MÜLLER^JÜRGEN"]);
+}
