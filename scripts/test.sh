@@ -40,6 +40,12 @@ if [ "${SKIP_FUZZ:-0}" != 1 ]; then
         -dict=tests/fuzz/dicomdir.dict -malloc_limit_mb=64 -max_total_time="${FUZZ_SECONDS:-30}"
 fi
 echo "== cargo test (unit tests, then tests that really mount)"
-cargo test --workspace 2>&1 | tee /tmp/dicomfs-test.log
+log=$(mktemp)
+status=0
+cargo test --workspace 2>&1 | tee "$log" || status=$?
 # Leave no mount behind, whatever happened.
-grep ' fuse.dicomfs\| fuse ' /proc/mounts | awk '$1 ~ /dicomfs-it-/ {print $2}' | xargs -r -n1 umount -l || true
+awk '$1 ~ /dicomfs-it-/ {print $2}' /proc/mounts | xargs -r -n1 umount -l || true
+# One closing line with the totals of every test binary.
+awk '/^test result:/ {p += $4; f += $6} END {printf "tests: %d passed, %d failed\n", p, f}' "$log"
+rm -f "$log"
+exit "$status"
