@@ -269,30 +269,44 @@ impl Filesystem for FuseFs {
                 off = o;
             }
         }
-        let mut entries = Vec::new();
-        let r = self.vfs.readdir_with(ino.0, off - 2, |i, name, child, _| {
-            entries.push((i, name.to_string(), child));
-            entries.len() >= 256
-        });
-        if let Err(e) = r {
-            return reply.error(errno(&e));
-        }
-        for (i, name, child) in entries {
-            let a = match self.vfs.getattr(child) {
-                Ok(a) => self.attr(&a),
-                Err(e) => {
-                    e.log();
-                    continue;
-                }
+        // Entries whose attributes cannot be read are left out. An empty reply means the end of
+        // the directory to the kernel, so go on to the next chunk until an entry was added.
+        let mut next = off - 2;
+        loop {
+            let mut entries = Vec::new();
+            let r = self.vfs.readdir_with(ino.0, next, |i, name, child, _| {
+                entries.push((i, name.to_string(), child));
+                entries.len() >= 256
+            });
+            if let Err(e) = r {
+                return reply.error(errno(&e));
+            }
+            let Some(&(last, _, _)) = entries.last() else {
+                break;
             };
-            if reply.add(
-                INodeNo(child),
-                (i + 3) as u64,
-                name,
-                &TTL,
-                &a,
-                Generation(0),
-            ) {
+            next = last + 1;
+            let mut added = false;
+            for (i, name, child) in entries {
+                let a = match self.vfs.getattr(child) {
+                    Ok(a) => self.attr(&a),
+                    Err(e) => {
+                        e.log();
+                        continue;
+                    }
+                };
+                if reply.add(
+                    INodeNo(child),
+                    (i + 3) as u64,
+                    name,
+                    &TTL,
+                    &a,
+                    Generation(0),
+                ) {
+                    return reply.ok();
+                }
+                added = true;
+            }
+            if added {
                 break;
             }
         }
