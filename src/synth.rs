@@ -438,36 +438,58 @@ pub fn dicomdir_for(insts: &[Instance], fileset_id: &str, fileset_uid: &str) -> 
             }
             i
         };
-        let pid = inst.get(tags::PATIENT_ID);
-        let p = match patients.get(&pid) {
-            Some(&p) => p,
-            None => {
-                let p = add("PATIENT", r.patient, None, &mut d);
-                patients.insert(pid, p);
-                p
-            }
+        // One record per Patient ID, Study Instance UID and Series Instance UID.
+        let mut once = |map: &mut HashMap<String, usize>,
+                        key: u32,
+                        rtype,
+                        elems,
+                        parent,
+                        d: &mut WDicomDir| {
+            *map.entry(inst.get(key))
+                .or_insert_with(|| add(rtype, elems, parent, d))
         };
-        let suid = inst.get(tags::STUDY_INSTANCE_UID);
-        let st = match studies.get(&suid) {
-            Some(&s) => s,
-            None => {
-                let s = add("STUDY", r.study, Some(p), &mut d);
-                studies.insert(suid, s);
-                s
-            }
-        };
-        let seuid = inst.get(tags::SERIES_INSTANCE_UID);
-        let se = match series.get(&seuid) {
-            Some(&s) => s,
-            None => {
-                let s = add("SERIES", r.series, Some(st), &mut d);
-                series.insert(seuid, s);
-                s
-            }
-        };
+        let p = once(
+            &mut patients,
+            tags::PATIENT_ID,
+            "PATIENT",
+            r.patient,
+            None,
+            &mut d,
+        );
+        let st = once(
+            &mut studies,
+            tags::STUDY_INSTANCE_UID,
+            "STUDY",
+            r.study,
+            Some(p),
+            &mut d,
+        );
+        let se = once(
+            &mut series,
+            tags::SERIES_INSTANCE_UID,
+            "SERIES",
+            r.series,
+            Some(st),
+            &mut d,
+        );
         add(r.leaf_type, r.leaf, Some(se), &mut d);
     }
     d
+}
+
+/// Write each instance's Part-10 file under its File ID below the host directory `dir`.
+pub fn write_instances(dir: &Path, insts: &[Instance]) -> io::Result<()> {
+    for inst in insts {
+        let p = inst
+            .file_id
+            .iter()
+            .fold(dir.to_path_buf(), |p, c| p.join(c));
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&p, inst.bytes())?;
+    }
+    Ok(())
 }
 
 /// What [`generate`] wrote.
@@ -482,15 +504,7 @@ pub fn generate(dir: &Path, spec: &Spec) -> io::Result<Generated> {
     std::fs::create_dir_all(dir)?;
     let insts = instances(spec);
     if spec.files {
-        for inst in &insts {
-            let mut p = dir.to_path_buf();
-            for c in &inst.file_id[..inst.file_id.len() - 1] {
-                p.push(c);
-            }
-            std::fs::create_dir_all(&p)?;
-            p.push(&inst.file_id[inst.file_id.len() - 1]);
-            std::fs::write(&p, inst.bytes())?;
-        }
+        write_instances(dir, &insts)?;
     }
     let d = dicomdir_for(&insts, &spec.fileset_id, &uid(spec.seed, &[99]));
     let bytes = d.encode();

@@ -81,14 +81,7 @@ fn illegal_file_id_is_named() {
     let mut insts = synth::instances(&spec);
     // An instance stored under a File ID with lowercase and 9 characters.
     insts[0].file_id = vec!["P00001".into(), "images".into(), "IMG000001".into()];
-    for inst in &insts {
-        let p = inst
-            .file_id
-            .iter()
-            .fold(t.path().to_path_buf(), |p, c| p.join(c));
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, inst.bytes()).unwrap();
-    }
+    synth::write_instances(t.path(), &insts).unwrap();
     let d = synth::dicomdir_for(&insts, "X", "2.25.9");
     std::fs::write(t.join("DICOMDIR"), d.encode()).unwrap();
     let (code, out) = check(t.path());
@@ -106,14 +99,7 @@ fn mismatched_instance_uid_is_named() {
     let spec = small();
     let insts = synth::instances(&spec);
     let mut d = synth::dicomdir_for(&insts, "X", "2.25.9");
-    for inst in &insts {
-        let p = inst
-            .file_id
-            .iter()
-            .fold(t.path().to_path_buf(), |p, c| p.join(c));
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, inst.bytes()).unwrap();
-    }
+    synth::write_instances(t.path(), &insts).unwrap();
     let leaf = d.records.iter_mut().find(|r| r.rtype == "IMAGE").unwrap();
     leaf.elems
         .retain(|e| e.tag != tags::REFERENCED_SOP_INSTANCE);
