@@ -439,12 +439,12 @@ pub fn dicomdir_for(insts: &[Instance], fileset_id: &str, fileset_uid: &str) -> 
             i
         };
         // One record per Patient ID, Study Instance UID and Series Instance UID.
-        let mut once = |map: &mut HashMap<String, usize>,
-                        key: u32,
-                        rtype,
-                        elems,
-                        parent,
-                        d: &mut WDicomDir| {
+        let once = |map: &mut HashMap<String, usize>,
+                    key: u32,
+                    rtype,
+                    elems,
+                    parent,
+                    d: &mut WDicomDir| {
             *map.entry(inst.get(key))
                 .or_insert_with(|| add(rtype, elems, parent, d))
         };
