@@ -160,7 +160,7 @@ fn main() -> ExitCode {
                 let fd: RawFd = fd.parse().unwrap_or(-1);
                 mount_foreground(&m, Some(fd))
             } else {
-                mount_background(log_file.as_deref())
+                mount_background()
             }
         }
         Cmd::Init { source, fileset_id } => {
@@ -313,7 +313,7 @@ fn init_log(file: Option<&Path>, background: bool) {
 }
 
 /// Re-run ourselves detached, with a pipe on which the child says when the mount is live.
-fn mount_background(log_file: Option<&Path>) -> ExitCode {
+fn mount_background() -> ExitCode {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: fds is a valid array of two ints.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
@@ -335,10 +335,8 @@ fn mount_background(log_file: Option<&Path>) -> ExitCode {
         .env("DICOMFS_READY_FD", wr.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
-    match log_file {
-        Some(_) => cmd.stderr(std::process::Stdio::null()),
-        None => cmd.stderr(std::process::Stdio::null()),
-    };
+    // The daemon logs to --log-file or syslog (see init_log), never to our terminal.
+    cmd.stderr(std::process::Stdio::null());
     use std::os::unix::process::CommandExt;
     // SAFETY: setsid is async-signal-safe.
     unsafe {

@@ -5,7 +5,6 @@ mod common;
 
 use common::*;
 use dicomfs::synth;
-use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
@@ -241,5 +240,4 @@ fn mount_errors_are_clear() {
         .arg(&mnt));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bogus"));
-    let _ = ErrorKind::NotFound;
 }
