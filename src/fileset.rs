@@ -73,17 +73,10 @@ pub fn read_file(medium: &dyn Medium, path: &str, limit: u64) -> Result<Vec<u8>>
         });
     }
     let mut buf = vec![0u8; st.size as usize];
-    let mut done = 0;
-    while done < buf.len() {
-        let n = medium
-            .read_at(path, done as u64, &mut buf[done..])
-            .map_err(|e| Error::medium(path, e))?;
-        if n == 0 {
-            break;
-        }
-        done += n;
-    }
-    buf.truncate(done);
+    let n = medium
+        .read_at(path, 0, &mut buf)
+        .map_err(|e| Error::medium(path, e))?;
+    buf.truncate(n);
     Ok(buf)
 }
 

@@ -1,7 +1,7 @@
 //! Directory records for an instance (PS3.3 Annex F, PS3.11 Annex J): which record type a SOP
 //! Class gets and which keys each record carries, taken from the instance's data set.
 
-use crate::dicom::{tags, Reader, Syntax, ITEM_END, UNDEFINED};
+use crate::dicom::tags;
 use crate::dicomdir::Elem;
 
 const P: &str = "1.2.840.10008.5.1.4.1.1.";
@@ -44,36 +44,6 @@ pub fn record_type(sop_class: &str) -> &'static str {
         s if s.starts_with("104.") => "ENCAP DOC",
         _ => "IMAGE",
     }
-}
-
-/// The top-level elements of a data set (Explicit VR Little Endian, Implicit VR or Big Endian),
-/// up to but not including Pixel Data. Sequences are kept as their encoded bytes.
-pub fn read_dataset(buf: &[u8], start: usize, syntax: Syntax) -> Result<Vec<Elem>, String> {
-    let mut r = Reader::new(buf, start, syntax);
-    let mut out = Vec::new();
-    while !r.at_end() {
-        let at = r.pos;
-        let h = r.header()?;
-        if h.tag >= tags::PIXEL_DATA || h.tag == ITEM_END {
-            break;
-        }
-        if h.len == UNDEFINED {
-            r.skip_value(&h)?;
-            out.push(Elem {
-                tag: h.tag,
-                vr: *b"SQ",
-                value: buf[at + h.header_len..r.pos.saturating_sub(8)].to_vec(),
-            });
-            continue;
-        }
-        let v = r.value(&h)?;
-        out.push(Elem {
-            tag: h.tag,
-            vr: h.vr,
-            value: v.to_vec(),
-        });
-    }
-    Ok(out)
 }
 
 fn get(ds: &[Elem], tag: u32) -> Option<&Elem> {

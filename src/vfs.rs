@@ -400,22 +400,20 @@ impl Vfs {
 
     /// A directory's entries with their inodes and kinds.
     pub fn readdir(&self, ino: u64) -> Result<Vec<(Box<str>, u64, Kind)>> {
-        let l = self.listing(ino)?;
-        let nodes = self.nodes.read();
-        Ok(l.entries
-            .iter()
-            .map(|(n, i)| {
-                let k = nodes.get(*i).map(|n| n.kind).unwrap_or(Kind::File);
-                (n.clone(), *i, k)
-            })
-            .collect())
+        let mut out = Vec::new();
+        self.readdir_with(ino, 0, |_, name, child, k| {
+            out.push((name.into(), child, k));
+            false
+        })?;
+        Ok(out)
     }
 
     /// The medium path of a file inode (for opening it).
     pub fn file_path(&self, ino: u64) -> Result<String> {
         let nodes = self.nodes.read();
-        match &nodes.get(ino)?.data {
-            Data::Native { path, .. } if nodes.get(ino)?.kind == Kind::File => Ok(path.to_string()),
+        let node = nodes.get(ino)?;
+        match &node.data {
+            Data::Native { path, .. } if node.kind == Kind::File => Ok(path.to_string()),
             _ => Err(Error::medium(
                 format!("inode {ino}"),
                 std::io::Error::from_raw_os_error(libc::EISDIR),
@@ -427,18 +425,11 @@ impl Vfs {
     pub fn read(&self, ino: u64, offset: u64, size: usize) -> Result<Vec<u8>> {
         let path = self.file_path(ino)?;
         let mut buf = vec![0u8; size.min(16 << 20)];
-        let mut done = 0;
-        while done < buf.len() {
-            let n = self
-                .medium
-                .read_at(&path, offset + done as u64, &mut buf[done..])
-                .map_err(|e| Error::medium(path.clone(), e))?;
-            if n == 0 {
-                break;
-            }
-            done += n;
-        }
-        buf.truncate(done);
+        let n = self
+            .medium
+            .read_at(&path, offset, &mut buf)
+            .map_err(|e| Error::medium(path, e))?;
+        buf.truncate(n);
         Ok(buf)
     }
 

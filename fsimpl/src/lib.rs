@@ -58,7 +58,8 @@ pub struct StatFs {
 pub trait Medium: Send + Sync {
     /// A short description for logs and `dicomfs info` ("host directory /media/x").
     fn describe(&self) -> String;
-    /// Read up to `buf.len()` bytes at `offset`; returns the number read (0 at end of file).
+    /// Read `buf.len()` bytes at `offset`, fewer only at the end of the file; returns the number
+    /// read (0 at or past the end). Callers rely on a short read meaning end of file.
     fn read_at(&self, path: &str, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
     /// Write all of `data` at `offset`, extending the file as needed.
     fn write_at(&self, path: &str, offset: u64, data: &[u8]) -> io::Result<()>;
