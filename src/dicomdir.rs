@@ -72,6 +72,12 @@ pub struct Record {
     pub in_use: bool,
     pub next: u32,
     pub lower: u32,
+    /// Byte positions of the values of (0004,1400) and (0004,1420) when each is a 4-byte UL in
+    /// Little Endian (so it can be patched in place); 0 otherwise.
+    pub next_at: u32,
+    pub lower_at: u32,
+    /// Byte position just past the item (after its delimiter, if any).
+    pub end: u32,
     pub parent: Option<u32>,
     pub children: Vec<u32>,
     /// Referenced File ID components as stored (trimmed), joined with `\`.
@@ -108,8 +114,27 @@ pub struct DicomDir {
     /// Root-level records, in sibling order.
     pub roots: Vec<u32>,
     pub findings: Vec<Finding>,
+    /// Byte positions of the 4-byte values of (0004,1200) and (0004,1202), and of the Directory
+    /// Record Sequence's length field when it is defined (0 otherwise); where the sequence's
+    /// value starts and ends.
+    pub first_root_at: u32,
+    pub last_root_at: u32,
+    pub seq_len_at: u32,
+    pub seq_start: u32,
+    pub seq_end: u32,
+    /// Elements follow the Directory Record Sequence.
+    pub after_seq: bool,
     /// The tree was rebuilt from the item order because the offsets could not be followed.
     pub rebuilt: bool,
+}
+
+/// Where a just-read 4-byte UL value (ending at `end`) sits, if it can be patched in place.
+fn patchable(h: &dicom::Header, syntax: Syntax, end: usize) -> u32 {
+    if h.len == 4 && !syntax.big_endian && end >= 4 {
+        (end - 4) as u32
+    } else {
+        0
+    }
 }
 
 fn tagname(t: u32) -> String {
@@ -208,8 +233,16 @@ impl DicomDir {
             };
             if h.tag == tags::DIRECTORY_RECORD_SEQUENCE {
                 have_seq = true;
+                d.seq_start = r.pos as u32;
+                if h.len != UNDEFINED && syntax == Syntax::EXPLICIT_LE && h.header_len == 12 {
+                    d.seq_len_at = (r.pos - 4) as u32;
+                }
                 d.read_records(&mut r, &h, syntax);
+                d.seq_end = r.pos as u32;
                 continue;
+            }
+            if have_seq {
+                d.after_seq = true;
             }
             if h.len == UNDEFINED {
                 if let Err(e) = r.skip_value(&h) {
@@ -238,8 +271,14 @@ impl DicomDir {
                     d.descriptor_file_id = Some(dicom::ascii(v).replace(' ', ""))
                 }
                 tags::SPECIFIC_CHARACTER_SET => d.charset = dicom::ascii(v),
-                tags::FIRST_ROOT_RECORD => d.first_root = vr.u32().unwrap_or(0),
-                tags::LAST_ROOT_RECORD => d.last_root = vr.u32().unwrap_or(0),
+                tags::FIRST_ROOT_RECORD => {
+                    d.first_root = vr.u32().unwrap_or(0);
+                    d.first_root_at = patchable(&h, syntax, r.pos);
+                }
+                tags::LAST_ROOT_RECORD => {
+                    d.last_root = vr.u32().unwrap_or(0);
+                    d.last_root_at = patchable(&h, syntax, r.pos);
+                }
                 tags::CONSISTENCY_FLAG => d.consistency_flag = vr.u16().unwrap_or(0),
                 _ => {}
             }
@@ -352,8 +391,14 @@ impl DicomDir {
                 };
                 let mut vr = Reader::new(v, 0, syntax);
                 match eh.tag {
-                    tags::NEXT_RECORD => rec.next = vr.u32().unwrap_or(0),
-                    tags::LOWER_RECORD => rec.lower = vr.u32().unwrap_or(0),
+                    tags::NEXT_RECORD => {
+                        rec.next = vr.u32().unwrap_or(0);
+                        rec.next_at = patchable(&eh, syntax, r.pos);
+                    }
+                    tags::LOWER_RECORD => {
+                        rec.lower = vr.u32().unwrap_or(0);
+                        rec.lower_at = patchable(&eh, syntax, r.pos);
+                    }
                     tags::IN_USE => rec.in_use = vr.u16().map(|f| f != 0).unwrap_or(true),
                     tags::RECORD_TYPE => rec.rtype = dicom::ascii(v).into(),
                     tags::REFERENCED_FILE_ID => {
@@ -375,6 +420,7 @@ impl DicomDir {
                 r.pos = item_end;
             }
             rec.body = (body_start as u32, r.pos.min(r.buf.len()) as u32);
+            rec.end = r.pos.min(r.buf.len()) as u32;
             let cs = raw_keys
                 .iter()
                 .find(|(t, _)| *t == tags::SPECIFIC_CHARACTER_SET)
@@ -425,8 +471,17 @@ impl DicomDir {
         }
     }
 
-    /// Build the tree from the offsets; fall back to the item order if they cannot be followed.
-    fn link(&mut self) {
+    /// Follow the offsets from the root: the chains reached, cut where an offset misses.
+    #[allow(clippy::type_complexity)]
+    fn walk_offsets(
+        &mut self,
+    ) -> (
+        Vec<u32>,
+        Vec<Option<u32>>,
+        Vec<Vec<u32>>,
+        Vec<bool>,
+        Vec<String>,
+    ) {
         let n = self.records.len();
         let mut seen = vec![false; n];
         let mut broken = Vec::new();
@@ -492,6 +547,12 @@ impl DicomDir {
                 }
             }
         }
+        (roots, parents, children, seen, broken)
+    }
+
+    /// Build the tree from the offsets; fall back to the item order if they cannot be followed.
+    fn link(&mut self) {
+        let (roots, parents, mut children, seen, mut broken) = self.walk_offsets();
         let unreached = seen.iter().filter(|s| !**s).count();
         if unreached > 0 && broken.is_empty() {
             broken.push(format!(
@@ -515,6 +576,26 @@ impl DicomDir {
         );
         self.rebuilt = true;
         self.rebuild_from_order();
+    }
+
+    /// Keep only the records the offsets reach (cutting chains where an offset misses), and
+    /// mark the others inactive. Used by repair: after a crash mid-append the records written
+    /// last may be unreached, and their files are taken in again from the medium instead.
+    /// Returns how many records were dropped.
+    pub fn keep_reachable(&mut self) -> usize {
+        let (roots, parents, mut children, seen, _) = self.walk_offsets();
+        self.roots = roots;
+        let mut dropped = 0;
+        for (i, r) in self.records.iter_mut().enumerate() {
+            r.parent = parents[i];
+            r.children = std::mem::take(&mut children[i]);
+            if !seen[i] && r.in_use {
+                r.in_use = false;
+                dropped += 1;
+            }
+        }
+        self.rebuilt = false;
+        dropped
     }
 
     fn rebuild_from_order(&mut self) {
@@ -649,31 +730,60 @@ const STRUCTURAL: [u32; 4] = [
 ];
 
 fn record_body(rec: &WRecord, next: u32, lower: u32) -> Vec<u8> {
-    let mut elems: Vec<&Elem> = rec
-        .elems
+    encode_body(&rec.rtype, &rec.elems, next, lower).0
+}
+
+/// Encode a record's item body; also returns where in the body the values of (0004,1400) and
+/// (0004,1420) are.
+fn encode_body(rtype: &str, elems: &[Elem], next: u32, lower: u32) -> (Vec<u8>, usize, usize) {
+    let mut elems: Vec<&Elem> = elems
         .iter()
         .filter(|e| !STRUCTURAL.contains(&e.tag))
         .collect();
     elems.sort_by_key(|e| e.tag);
     let mut w = Writer::new();
-    let mut structural_done = false;
+    let mut at = None;
     let structural = |w: &mut Writer| {
+        let start = w.out.len();
         w.u32(tags::NEXT_RECORD, next);
         w.u16(tags::IN_USE, 0xFFFF);
         w.u32(tags::LOWER_RECORD, lower);
-        w.str(tags::RECORD_TYPE, *b"CS", &rec.rtype);
+        w.str(tags::RECORD_TYPE, *b"CS", rtype);
+        // NEXT: 8-byte header + 4; IN USE: 8 + 2; LOWER's value after its 8-byte header.
+        (start + 8, start + 30)
     };
     for e in elems {
-        if !structural_done && e.tag > tags::RECORD_TYPE {
-            structural(&mut w);
-            structural_done = true;
+        if at.is_none() && e.tag > tags::RECORD_TYPE {
+            at = Some(structural(&mut w));
         }
         w.elem(e.tag, e.vr, &e.value);
     }
-    if !structural_done {
-        structural(&mut w);
+    let (n, l) = match at {
+        Some(a) => a,
+        None => structural(&mut w),
+    };
+    (w.out, n, l)
+}
+
+/// One record encoded as an item (with its Item tag), and where its two offsets are, counted
+/// from the start of the item.
+pub struct EncodedRecord {
+    pub bytes: Vec<u8>,
+    pub next_at: usize,
+    pub lower_at: usize,
+}
+
+/// Encode one record as a defined-length item.
+pub fn encode_record(rtype: &str, elems: &[Elem], next: u32, lower: u32) -> EncodedRecord {
+    let (body, n, l) = encode_body(rtype, elems, next, lower);
+    let mut w = Writer::new();
+    w.item_tag(ITEM, body.len() as u32);
+    w.out.extend_from_slice(&body);
+    EncodedRecord {
+        bytes: w.out,
+        next_at: 8 + n,
+        lower_at: 8 + l,
     }
-    w.out
 }
 
 impl WDicomDir {

@@ -15,6 +15,14 @@ pub enum Error {
     Invalid { path: String, reason: String },
     /// The operation is not allowed on this mount (read-only, the DICOMDIR itself, ...).
     ReadOnly { path: String },
+    /// A file operation dicomfs refuses on a File-set, with the errno that says why (EINVAL for
+    /// a file that is not an acceptable DICOM instance, EEXIST for an instance already present
+    /// with other bytes, EPERM for the DICOMDIR and ingested files, ...).
+    Rejected {
+        path: String,
+        reason: String,
+        errno: i32,
+    },
     /// No such file or directory in a view.
     NotFound { path: String },
     /// A bad request from the user (a command-line argument, an option).
@@ -38,6 +46,14 @@ impl Error {
         }
     }
 
+    pub fn rejected(path: impl Into<String>, errno: i32, reason: impl Into<String>) -> Error {
+        Error::Rejected {
+            path: path.into(),
+            reason: reason.into(),
+            errno,
+        }
+    }
+
     /// The errno a file-system operation answers with.
     pub fn errno(&self) -> i32 {
         match self {
@@ -50,6 +66,7 @@ impl Error {
             }),
             Error::Malformed { .. } | Error::Invalid { .. } => libc::EIO,
             Error::ReadOnly { .. } => libc::EROFS,
+            Error::Rejected { errno, .. } => *errno,
             Error::NotFound { .. } => libc::ENOENT,
             Error::Usage(_) => libc::EINVAL,
         }
@@ -60,7 +77,7 @@ impl Error {
         match self {
             Error::NotFound { .. } => Level::Debug,
             Error::ReadOnly { .. } => Level::Info,
-            Error::Usage(_) => Level::Warn,
+            Error::Usage(_) | Error::Rejected { .. } => Level::Warn,
             Error::Medium { source, .. } if source.kind() == io::ErrorKind::NotFound => {
                 Level::Debug
             }
@@ -81,6 +98,7 @@ impl fmt::Display for Error {
             Error::Malformed { path, reason } => write!(f, "{path}: malformed: {reason}"),
             Error::Invalid { path, reason } => write!(f, "{path}: {reason}"),
             Error::ReadOnly { path } => write!(f, "{path}: read-only file system"),
+            Error::Rejected { path, reason, .. } => write!(f, "{path}: {reason}"),
             Error::NotFound { path } => write!(f, "{path}: no such file or directory"),
             Error::Usage(m) => write!(f, "{m}"),
         }

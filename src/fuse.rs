@@ -6,20 +6,26 @@ use crate::error::Error;
 use crate::vfs::{Attr, Vfs};
 use fsimpl::Kind;
 use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+    BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+use std::time::SystemTime;
 
 /// How long the kernel may cache names and attributes: the File-set does not change under a
-/// read-only mount.
-const TTL: Duration = Duration::from_secs(60);
+/// read-only mount. A writable one changes by side effect (a copied-in name disappears from
+/// listings, a File ID directory appears), so the kernel asks again after a second.
+const TTL_RO: Duration = Duration::from_secs(60);
+const TTL_RW: Duration = Duration::from_secs(1);
 
 /// One backing file per inode while it is open (FUSE passthrough).
 #[derive(Default)]
@@ -34,6 +40,9 @@ pub struct FuseFs {
     want_passthrough: bool,
     backing: Mutex<Backing>,
     next_fh: AtomicU64,
+    /// Handles open for writing (files being copied in).
+    writers: Mutex<HashSet<u64>>,
+    ttl: Duration,
     uid: u32,
     gid: u32,
 }
@@ -42,12 +51,18 @@ impl FuseFs {
     pub fn new(vfs: Vfs, want_passthrough: bool) -> FuseFs {
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let ttl = if vfs.writable() { TTL_RW } else { TTL_RO };
+        if vfs.writable() {
+            crate::fsu::spawn_committer(vfs.live());
+        }
         FuseFs {
             vfs,
             passthrough: AtomicBool::new(false),
             want_passthrough,
             backing: Mutex::new(Backing::default()),
             next_fh: AtomicU64::new(1),
+            writers: Mutex::new(HashSet::new()),
+            ttl,
             uid,
             gid,
         }
@@ -89,14 +104,31 @@ fn errno(e: &Error) -> Errno {
     Errno::from_i32(e.errno())
 }
 
-fn erofs(what: &str) -> Errno {
-    log::info!("{what}: refused, the mount is read-only");
-    Errno::EROFS
+fn name_of(name: &OsStr) -> Result<&str, Errno> {
+    name.to_str().ok_or_else(|| {
+        log::warn!("{name:?}: names must be UTF-8");
+        Errno::EINVAL
+    })
+}
+
+fn done(r: crate::error::Result<()>, reply: ReplyEmpty) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn time(t: TimeOrNow) -> SystemTime {
+    match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    }
 }
 
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_write(1 << 20);
         if self.want_passthrough
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(2).is_ok()
@@ -117,21 +149,26 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::ENOENT);
         };
         match self.vfs.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&TTL, &self.attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.ttl, &self.attr(&a), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.vfs.getattr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
+            Ok(a) => reply.attr(&self.ttl, &self.attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
-            return reply.error(erofs(&format!("open for writing (inode {})", ino.0)));
+            if let Err(e) = self.vfs.open_write(ino.0, flags.0 & libc::O_TRUNC != 0) {
+                return reply.error(errno(&e));
+            }
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+            self.writers.lock().insert(fh);
+            return reply.opened(FileHandle(fh), FopenFlags::empty());
         }
         let path = match self.vfs.file_path(ino.0) {
             Ok(p) => p,
@@ -166,7 +203,16 @@ impl Filesystem for FuseFs {
                 return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
             }
         }
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+        // Instance files never change; the DICOMDIR and files being copied in do.
+        let keep = !self.vfs.writable() || (self.vfs.is_native_file(ino.0) && ino.0 != 2);
+        reply.opened(
+            FileHandle(fh),
+            if keep {
+                FopenFlags::FOPEN_KEEP_CACHE
+            } else {
+                FopenFlags::empty()
+            },
+        )
     }
 
     fn read(
@@ -196,6 +242,13 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if self.writers.lock().remove(&fh.0) {
+            // Normally ingested at flush (close); a handle released without one is taken now.
+            if let Err(e) = self.vfs.flush(ino.0) {
+                e.log();
+            }
+            return reply.ok();
+        }
         let mut b = self.backing.lock();
         if b.by_fh.remove(&fh.0).is_some()
             && b.by_ino.get(&ino.0).is_some_and(|w| w.strong_count() == 0)
@@ -209,7 +262,11 @@ impl Filesystem for FuseFs {
         match self.vfs.getattr(ino.0) {
             Ok(a) if a.kind == Kind::Dir => reply.opened(
                 FileHandle(0),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+                if self.vfs.writable() {
+                    FopenFlags::empty()
+                } else {
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+                },
             ),
             Ok(_) => reply.error(Errno::ENOTDIR),
             Err(e) => reply.error(errno(&e)),
@@ -263,7 +320,7 @@ impl Filesystem for FuseFs {
         let mut off = offset as usize;
         for (o, dot) in [(1usize, "."), (2, "..")] {
             if off == o - 1 {
-                if reply.add(ino, o as u64, dot, &TTL, &me, Generation(0)) {
+                if reply.add(ino, o as u64, dot, &self.ttl, &me, Generation(0)) {
                     return reply.ok();
                 }
                 off = o;
@@ -298,7 +355,7 @@ impl Filesystem for FuseFs {
                     INodeNo(child),
                     (i + 3) as u64,
                     name,
-                    &TTL,
+                    &self.ttl,
                     &a,
                     Generation(0),
                 ) {
@@ -330,7 +387,7 @@ impl Filesystem for FuseFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        if mask.bits() & libc::W_OK != 0 {
+        if mask.bits() & libc::W_OK != 0 && !self.vfs.writable() {
             return reply.error(Errno::EROFS);
         }
         match self.vfs.getattr(ino.0) {
@@ -342,20 +399,183 @@ impl Filesystem for FuseFs {
     fn mkdir(
         &self,
         _req: &Request,
-        _p: INodeNo,
+        parent: INodeNo,
         name: &OsStr,
-        _m: u32,
-        _u: u32,
+        _mode: u32,
+        _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(erofs(&format!("mkdir {name:?}")))
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        match self.vfs.mkdir(parent.0, name) {
+            Ok(a) => reply.entry(&self.ttl, &self.attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
-    fn unlink(&self, _req: &Request, _p: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply.error(erofs(&format!("unlink {name:?}")))
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match name_of(name) {
+            Ok(n) => done(self.vfs.unlink(parent.0, n), reply),
+            Err(e) => reply.error(e),
+        }
     }
 
-    fn rmdir(&self, _req: &Request, _p: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply.error(erofs(&format!("rmdir {name:?}")))
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match name_of(name) {
+            Ok(n) => done(self.vfs.rmdir(parent.0, n), reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match (name_of(name), name_of(newname)) {
+            (Ok(a), Ok(b)) => done(self.vfs.rename(parent.0, a, newparent.0, b), reply),
+            (Err(e), _) | (_, Err(e)) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        match self.vfs.create(parent.0, name) {
+            Ok(a) => {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                self.writers.lock().insert(fh);
+                reply.created(
+                    &self.ttl,
+                    &self.attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                )
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.vfs.write(ino.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        if self.writers.lock().contains(&fh.0) {
+            return done(self.vfs.flush(ino.0), reply);
+        }
+        reply.ok()
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        if !self.vfs.writable() && size.is_some() {
+            return reply.error(Errno::EROFS);
+        }
+        match self.vfs.setattr(ino.0, size, mtime.map(time)) {
+            Ok(a) => reply.attr(&self.ttl, &self.attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
+        done(self.vfs.sync(), reply)
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ds: bool,
+        reply: ReplyEmpty,
+    ) {
+        done(self.vfs.sync(), reply)
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _n: &OsStr, _s: u32, reply: ReplyXattr) {
+        // ENOSYS once makes the kernel stop asking (no extended attributes here).
+        reply.error(Errno::ENOSYS)
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _s: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY)
+    }
+
+    fn destroy(&mut self) {
+        if let Err(e) = self.vfs.live().close() {
+            e.log();
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod dicom;
 pub mod dicomdir;
 pub mod error;
 pub mod fileset;
+pub mod fsu;
 pub mod fuse;
 pub mod records;
 pub mod synth;

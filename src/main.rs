@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use dicomfs::dicomdir::Severity;
 use dicomfs::fileset::FileSet;
+use dicomfs::fsu::{Live, Profile};
 use dicomfs::fuse::FuseFs;
 use dicomfs::vfs::{self, Options, Vfs, View};
 use dicomfs::{synth, Error};
@@ -50,8 +51,19 @@ enum Cmd {
         /// Log to this file when in the background (default: syslog).
         #[arg(long)]
         log_file: Option<PathBuf>,
-        /// Mount options, comma-separated: ro, view=native|dcm|both, case_insensitive,
-        /// allow_other, no_passthrough, log_file=PATH.
+        /// Mount read-only (the default is read-write when the medium can be written).
+        #[arg(short = 'r', long)]
+        read_only: bool,
+        /// Make a new, empty File-set first if SOURCE has no DICOMDIR.
+        #[arg(long)]
+        create: bool,
+        /// Which transfer syntaxes copied-in instances may have: STD-GEN-USB-JPEG,
+        /// STD-GEN-USB-J2K (and -SD-, -CF-, -MMC-), STD-GEN-CD, any, or default (the JPEG and
+        /// J2K profiles together).
+        #[arg(long, default_value = "default")]
+        profile: Profile,
+        /// Mount options, comma-separated: ro, rw, view=native|dcm|both, case_insensitive,
+        /// allow_other, no_passthrough, log_file=PATH, create, profile=NAME.
         #[arg(short = 'o', value_delimiter = ',')]
         options: Vec<String>,
     },
@@ -68,6 +80,10 @@ enum Cmd {
     /// Check the File-set in SOURCE. Exit 0 clean, 4 errors found, 8 could not run.
     Check {
         source: PathBuf,
+        /// Repair what a crash or pulled medium left: drop records of missing files, take in
+        /// files nothing references, clear unfinished copies. Then check.
+        #[arg(long)]
+        repair: bool,
         /// Also print warnings.
         #[arg(short, long)]
         verbose: bool,
@@ -119,17 +135,23 @@ fn main() -> ExitCode {
             mut allow_other,
             mut no_passthrough,
             mut log_file,
+            mut read_only,
+            mut create,
+            mut profile,
             options,
         } => {
             for o in options.iter().filter(|o| !o.is_empty()) {
                 let (k, v) = o.split_once('=').unwrap_or((o, ""));
                 match (k, v) {
-                    ("ro", _)
-                    | ("noauto", _)
-                    | ("nofail", _)
-                    | ("user", _)
-                    | ("users", _)
-                    | ("_netdev", _) => {}
+                    ("ro", _) => read_only = true,
+                    ("rw", _) => read_only = false,
+                    ("create", _) => create = true,
+                    ("profile", v) => match v.parse() {
+                        Ok(p) => profile = p,
+                        Err(e) => return usage(&e),
+                    },
+                    ("noauto", _) | ("nofail", _) | ("user", _) | ("users", _) | ("_netdev", _) => {
+                    }
                     ("view", v) => match v.parse() {
                         Ok(x) => view = x,
                         Err(e) => return usage(&e),
@@ -138,7 +160,6 @@ fn main() -> ExitCode {
                     ("allow_other", _) => allow_other = true,
                     ("no_passthrough", _) => no_passthrough = true,
                     ("log_file", f) => log_file = Some(f.into()),
-                    ("rw", _) => return usage("-o rw: this version of dicomfs mounts read-only"),
                     _ => return usage(&format!("unknown mount option {o:?}")),
                 }
             }
@@ -151,6 +172,9 @@ fn main() -> ExitCode {
                 },
                 allow_other,
                 passthrough: !no_passthrough,
+                read_only,
+                create,
+                profile,
             };
             if foreground {
                 init_log(None, false);
@@ -191,8 +215,17 @@ fn main() -> ExitCode {
             init_log(None, false);
             ls(&source)
         }
-        Cmd::Check { source, verbose } => {
+        Cmd::Check {
+            source,
+            verbose,
+            repair,
+        } => {
             init_log(None, false);
+            if repair {
+                if let Err(code) = do_repair(&source) {
+                    return code;
+                }
+            }
             check(&source, verbose)
         }
         Cmd::Demo {
@@ -258,6 +291,9 @@ struct MountArgs {
     opts: Options,
     allow_other: bool,
     passthrough: bool,
+    read_only: bool,
+    create: bool,
+    profile: Profile,
 }
 
 /// Messages go to syslog through /dev/log (RFC 3164 framing), one datagram per record.
@@ -390,7 +426,22 @@ fn mount_foreground(m: &MountArgs, ready: Option<RawFd>) -> ExitCode {
         }
         ExitCode::from(1)
     };
-    let fs = match open_fileset(&m.source) {
+    let medium: Arc<dyn fsimpl::Medium> = match fsimpl::HostDir::open(&m.source) {
+        Ok(x) => Arc::new(x),
+        Err(e) => return fail(&mut ready, format!("{}: {e}", m.source.display())),
+    };
+    if m.create
+        && !m.read_only
+        && medium.stat("DICOMDIR").is_err()
+        && medium.stat("dicomdir").is_err()
+    {
+        let uid = synth::fresh_uid();
+        if let Err(e) = dicomfs::fileset::create(&*medium, "", &uid) {
+            return fail(&mut ready, e.to_string());
+        }
+        log::info!("{}: new File-set, UID {uid}", m.source.display());
+    }
+    let fs = match FileSet::open(medium.clone()) {
         Ok(f) => f,
         Err(e) => return fail(&mut ready, e.to_string()),
     };
@@ -404,7 +455,33 @@ fn mount_foreground(m: &MountArgs, ready: Option<RawFd>) -> ExitCode {
         log::warn!("{}: DICOMDIR: {}", m.source.display(), f.message);
     }
     let t = std::time::Instant::now();
-    let vfs = Vfs::new(fs, m.opts.clone());
+    let mut writable = !m.read_only;
+    if writable && fs.spelling == dicomfs::fileset::Spelling::Lower {
+        log::warn!(
+            "{}: File IDs are spelled in lowercase on this medium; mounting read-only",
+            m.source.display()
+        );
+        writable = false;
+    }
+    if writable {
+        // Can the medium be written at all (a CD, a read-only directory)?
+        let probe = format!("{}.probe", dicomfs::fsu::STAGING);
+        match medium.mkdir(&probe).and_then(|_| medium.rmdir(&probe)) {
+            Ok(()) => {}
+            Err(e) => {
+                log::warn!(
+                    "{}: cannot be written ({e}); mounting read-only",
+                    m.source.display()
+                );
+                writable = false;
+            }
+        }
+    }
+    let live = match Live::open(fs, writable, m.profile.clone()) {
+        Ok(l) => Arc::new(l),
+        Err(e) => return fail(&mut ready, e.to_string()),
+    };
+    let vfs = Vfs::with_live(live, m.opts.clone());
     log::info!(
         "{}: {} records, {} files referenced; views built in {:.0?}",
         m.source.display(),
@@ -416,7 +493,11 @@ fn mount_foreground(m: &MountArgs, ready: Option<RawFd>) -> ExitCode {
     cfg.mount_options = vec![
         fuser::MountOption::FSName(m.source.display().to_string()),
         fuser::MountOption::Subtype("dicomfs".into()),
-        fuser::MountOption::RO,
+        if writable {
+            fuser::MountOption::RW
+        } else {
+            fuser::MountOption::RO
+        },
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
     ];
@@ -474,6 +555,31 @@ fn mount_foreground(m: &MountArgs, ready: Option<RawFd>) -> ExitCode {
         Err(e) => {
             log::error!("{}: session ended: {e}", m.mountpoint.display());
             ExitCode::from(1)
+        }
+    }
+}
+
+fn do_repair(source: &Path) -> Result<(), ExitCode> {
+    let m: Arc<dyn fsimpl::Medium> = match fsimpl::HostDir::open(source) {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            eprintln!("dicomfs: {}: {e}", source.display());
+            return Err(ExitCode::from(EXIT_COULD_NOT_RUN));
+        }
+    };
+    match dicomfs::fsu::repair(&m, &Profile::default()) {
+        Ok(report) => {
+            for line in &report {
+                println!("repaired: {line}");
+            }
+            if report.is_empty() {
+                println!("{}: nothing to repair", source.display());
+            }
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("dicomfs: repair: {e}");
+            Err(ExitCode::from(EXIT_COULD_NOT_RUN))
         }
     }
 }

@@ -211,12 +211,130 @@ pub fn for_instance(
     };
     leaf.extend(copy(ds, &common, &[tags::INSTANCE_NUMBER]));
     leaf.extend(copy(ds, specific, &[]));
-    InstanceRecords {
+    let mut recs = InstanceRecords {
         patient,
         study,
         series,
         leaf_type,
         leaf,
+    };
+    derive_type1(ds, &mut recs);
+    recs
+}
+
+fn value(ds: &[Elem], tag: u32) -> Option<&[u8]> {
+    get(ds, tag)
+        .map(|e| crate::dicom::trim_value(&e.value))
+        .filter(|v| !v.is_empty())
+}
+
+/// Set a record key to a derived value when it is missing or empty.
+fn fill(rec: &mut Vec<Elem>, tag: u32, vr: [u8; 2], v: &[u8]) {
+    match rec.iter_mut().find(|e| e.tag == tag) {
+        Some(e) if !crate::dicom::trim_value(&e.value).is_empty() => {}
+        Some(e) => e.value = v.to_vec(),
+        None => rec.push(Elem {
+            tag,
+            vr,
+            value: v.to_vec(),
+        }),
+    }
+}
+
+/// A short stable hash (FNV-1a) for derived identifiers.
+fn fnv(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in p.iter().chain(b"\\") {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Type 1 record keys that instances often lack (they are Type 2 in most IODs) get values
+/// derived deterministically from the instance, in the DICOMDIR only (the instance file is
+/// never changed):
+///
+/// - Patient ID: `DFS` and 10 hex digits of a hash of Patient's Name and Birth Date, so one
+///   unnamed patient keeps one record;
+/// - Study Date and Time: from Series, Acquisition, then Content Date/Time, else 19000101 and
+///   000000; Study ID: the Accession Number, else `1`;
+/// - Modality: `OT`; Series Number and Instance Number: `1`;
+/// - Content Date/Time (SR, KO, waveform): from the study's; Completion Flag `PARTIAL` and
+///   Verification Flag `UNVERIFIED` (SR); Presentation Creation Date/Time: from Content or
+///   Study Date/Time; Content Label: `UNNAMED`; MIME type: `application/pdf`.
+pub fn derive_type1(ds: &[Elem], r: &mut InstanceRecords) {
+    let name = value(ds, tags::PATIENT_NAME).unwrap_or(b"");
+    let birth = value(ds, tags::PATIENT_BIRTH_DATE).unwrap_or(b"");
+    let pid = format!("DFS{:010X}", fnv(&[name, birth]) & 0xFF_FFFF_FFFF);
+    fill(&mut r.patient, tags::PATIENT_ID, *b"LO", pid.as_bytes());
+    let first = |tags: &[u32], dflt: &'static [u8]| -> Vec<u8> {
+        tags.iter()
+            .find_map(|&t| value(ds, t))
+            .unwrap_or(dflt)
+            .to_vec()
+    };
+    let date = first(
+        &[
+            tags::STUDY_DATE,
+            tags::SERIES_DATE,
+            0x0008_0022,
+            tags::CONTENT_DATE,
+        ],
+        b"19000101",
+    );
+    let time = first(
+        &[
+            tags::STUDY_TIME,
+            tags::SERIES_TIME,
+            0x0008_0032,
+            tags::CONTENT_TIME,
+        ],
+        b"000000",
+    );
+    fill(&mut r.study, tags::STUDY_DATE, *b"DA", &date);
+    fill(&mut r.study, tags::STUDY_TIME, *b"TM", &time);
+    let sid = first(&[tags::STUDY_ID, tags::ACCESSION_NUMBER], b"1");
+    fill(&mut r.study, tags::STUDY_ID, *b"SH", &sid);
+    fill(&mut r.series, tags::MODALITY, *b"CS", b"OT");
+    fill(&mut r.series, tags::SERIES_NUMBER, *b"IS", b"1");
+    fill(&mut r.leaf, tags::INSTANCE_NUMBER, *b"IS", b"1");
+    let cdate = first(&[tags::CONTENT_DATE], b"")
+        .into_iter()
+        .collect::<Vec<u8>>();
+    let cdate = if cdate.is_empty() {
+        date.clone()
+    } else {
+        cdate
+    };
+    let ctime = first(&[tags::CONTENT_TIME], b"");
+    let ctime = if ctime.is_empty() {
+        time.clone()
+    } else {
+        ctime
+    };
+    match r.leaf_type {
+        "SR DOCUMENT" | "KEY OBJECT DOC" | "WAVEFORM" => {
+            fill(&mut r.leaf, tags::CONTENT_DATE, *b"DA", &cdate);
+            fill(&mut r.leaf, tags::CONTENT_TIME, *b"TM", &ctime);
+            if r.leaf_type == "SR DOCUMENT" {
+                fill(&mut r.leaf, tags::COMPLETION_FLAG, *b"CS", b"PARTIAL");
+                fill(&mut r.leaf, tags::VERIFICATION_FLAG, *b"CS", b"UNVERIFIED");
+            }
+        }
+        "PRESENTATION" => {
+            fill(&mut r.leaf, 0x0070_0082, *b"DA", &cdate);
+            fill(&mut r.leaf, 0x0070_0083, *b"TM", &ctime);
+            fill(&mut r.leaf, tags::CONTENT_LABEL, *b"CS", b"UNNAMED");
+            fill(&mut r.leaf, 0x0070_0081, *b"LO", b"");
+            fill(&mut r.leaf, 0x0070_0084, *b"PN", b"");
+        }
+        "ENCAP DOC" => {
+            fill(&mut r.leaf, tags::MIME_TYPE, *b"LO", b"application/pdf");
+        }
+        _ => {}
     }
 }
 

@@ -1,18 +1,27 @@
 //! The views of a File-set as inodes: the native view (the medium as it is) and the alternate
-//! `.dcm` view (patient / study / series / instance built from the DICOMDIR). No FUSE here: the
-//! adapter in [`crate::fuse`] only translates requests into these calls, so all of this is tested
-//! without a mount.
+//! `.dcm` view (patient / study / series / instance built from the DICOMDIR), and on a writable
+//! File-set the names being copied in. No FUSE here: the adapter in [`crate::fuse`] only
+//! translates requests into these calls, so all of this is tested without a mount.
 //!
 //! Inode 1 is the root. Inodes are never reused while mounted. A `.dcm` entry has the inode of
 //! its native file, so both names are the same file.
+//!
+//! Copying in (see `write.rs`): a file created under a name that is not a File ID is *staged*:
+//! its bytes go to a file in the medium's staging directory, and when it is closed it is handed
+//! to [`Live::ingest`]. Its name then becomes a *ghost*: hidden from listings, but still found by
+//! lookups (so `rsync` can rename it and set its times right after closing it).
+
+mod write;
 
 use crate::dicom::tags;
 use crate::dicomdir::{DicomDir, Record};
 use crate::error::{Error, Result};
 use crate::fileset::{self, FileSet, Spelling, DICOMDIR};
+use crate::fsu::{Live, Profile, STAGING};
 use fsimpl::{Kind, Medium, Stat, StatFs};
 use parking_lot::RwLock;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -100,6 +109,20 @@ impl Listing {
     }
 }
 
+/// A file being copied in.
+struct Staged {
+    /// Where it was created (it can be renamed before it is closed).
+    parent: u64,
+    name: Box<str>,
+    /// Its bytes on the medium (in the staging directory); `None` for a file that is dropped
+    /// (operating-system clutter, a DICOMDIR), whose bytes are discarded.
+    staged: Option<String>,
+    /// Why it is dropped, logged when it is closed.
+    dropped: Option<String>,
+    size: u64,
+    mtime: SystemTime,
+}
+
 enum Data {
     /// A file or directory of the medium.
     Native {
@@ -112,6 +135,16 @@ enum Data {
     },
     /// A directory of the alternate view.
     Virtual { listing: Arc<Listing> },
+    /// A file being copied in.
+    Staged(Staged),
+    /// The name a file was copied in under, after it was ingested (or dropped).
+    Ghost {
+        target: Option<u64>,
+        size: u64,
+        mtime: SystemTime,
+    },
+    /// A folder made while copying in (`cp -r`, `rsync`): it holds staged files and ghosts.
+    StagingDir { mtime: SystemTime },
 }
 
 struct Node {
@@ -123,12 +156,27 @@ struct Nodes {
     nodes: Vec<Node>,
     /// Native shown path -> inode.
     by_path: HashMap<Box<str>, u64>,
+    /// Alternate-view directories: record index -> inode.
+    alt: HashMap<u32, u64>,
+    /// (directory, name) of alternate-view directories that went away with their records.
+    gone: HashSet<(u64, Box<str>)>,
+    /// Entries added by copying in, per directory inode.
+    overlay: HashMap<u64, BTreeMap<Box<str>, u64>>,
+    /// Native directories made by mkdir in this session: they accept any name (copy-in folders).
+    user_dirs: HashSet<u64>,
 }
 
 impl Nodes {
     fn get(&self, ino: u64) -> Result<&Node> {
         ino.checked_sub(1)
             .and_then(|i| self.nodes.get(i as usize))
+            .ok_or(Error::NotFound {
+                path: format!("inode {ino}"),
+            })
+    }
+    fn get_mut(&mut self, ino: u64) -> Result<&mut Node> {
+        ino.checked_sub(1)
+            .and_then(|i| self.nodes.get_mut(i as usize))
             .ok_or(Error::NotFound {
                 path: format!("inode {ino}"),
             })
@@ -140,7 +188,9 @@ impl Nodes {
     /// The inode of a native path, created on first sight.
     fn native(&mut self, path: &str, shown: &str, kind: Kind) -> u64 {
         if let Some(&i) = self.by_path.get(shown) {
-            if let Data::Native { path: p, .. } = &mut self.nodes[i as usize - 1].data {
+            let node = &mut self.nodes[i as usize - 1];
+            node.kind = kind;
+            if let Data::Native { path: p, .. } = &mut node.data {
                 if **p != *path {
                     *p = path.into();
                 }
@@ -159,17 +209,32 @@ impl Nodes {
         self.by_path.insert(shown.into(), i);
         i
     }
+    /// Is an overlay entry shown in listings? Staged files are; ghosts are not; a copy-in
+    /// folder is while it is empty or shows something.
+    fn visible(&self, ino: u64, depth: usize) -> bool {
+        match self.get(ino).map(|n| &n.data) {
+            Ok(Data::Staged(_)) => true,
+            Ok(Data::StagingDir { .. }) => match self.overlay.get(&ino) {
+                None => true,
+                Some(m) if m.is_empty() => true,
+                Some(m) => depth < 32 && m.values().any(|&c| self.visible(c, depth + 1)),
+            },
+            _ => false,
+        }
+    }
 }
 
 /// The File-set as a tree of inodes.
 pub struct Vfs {
-    medium: Arc<dyn Medium>,
+    live: Arc<Live>,
     opts: Options,
     nodes: RwLock<Nodes>,
     /// Uppercase shown paths of File ID directories and files (for lowercase media).
     upper: HashSet<Box<str>>,
     alt_root: Option<u64>,
     dicomdir_stat: Stat,
+    /// The File-set generation the views last caught up with.
+    seen: AtomicU64,
     pub records: usize,
     pub instances: usize,
 }
@@ -185,14 +250,28 @@ fn epoch_stat() -> Stat {
 }
 
 impl Vfs {
-    /// Build the views of an opened File-set.
+    /// Build the read-only views of an opened File-set.
     pub fn new(fs: FileSet, opts: Options) -> Vfs {
-        let medium = fs.medium.clone();
-        let dicomdir_path = fileset::medium_path(DICOMDIR, fs.spelling);
+        match Live::open(fs, false, Profile::default()) {
+            Ok(live) => Vfs::with_live(Arc::new(live), opts),
+            Err(e) => unreachable!("opening read-only cannot fail: {e}"),
+        }
+    }
+
+    /// Build the views of a live File-set (writable or not).
+    pub fn with_live(live: Arc<Live>, opts: Options) -> Vfs {
+        let medium = live.medium.clone();
+        let st = live.read();
+        let spelling = st.spelling;
+        let dicomdir_path = fileset::medium_path(DICOMDIR, spelling);
         let dicomdir_stat = medium.stat(&dicomdir_path).unwrap_or_else(|_| epoch_stat());
         let mut nodes = Nodes {
             nodes: Vec::new(),
             by_path: HashMap::new(),
+            alt: HashMap::new(),
+            gone: HashSet::new(),
+            overlay: HashMap::new(),
+            user_dirs: HashSet::new(),
         };
         // Inode 1: the root.
         let root_is_native = opts.view != View::Dcm;
@@ -208,20 +287,21 @@ impl Vfs {
         }
         nodes.native(&dicomdir_path, DICOMDIR, Kind::File);
         let mut upper = HashSet::new();
-        let d = &fs.dir;
+        let d = &st.dir;
         let visible = d.visible();
         let mut instances = 0;
         for &i in &visible {
             let Some(fid) = d.records[i as usize].file_id.as_deref() else {
                 continue;
             };
-            let Some(path) = fs.path_of(fid) else {
+            if !crate::dicomdir::file_id_safe(fid) {
                 continue;
-            };
+            }
+            let path = fileset::medium_path(fid, spelling);
             let shown = fid.replace('\\', "/");
             nodes.native(&path, &shown, Kind::File);
             instances += 1;
-            if fs.spelling == Spelling::Lower {
+            if spelling == Spelling::Lower {
                 let mut p = shown.as_str();
                 upper.insert(p.into());
                 while let Some(k) = p.rfind('/') {
@@ -232,44 +312,87 @@ impl Vfs {
                 }
             }
         }
-        if fs.spelling == Spelling::Lower {
+        if spelling == Spelling::Lower {
             upper.insert(DICOMDIR.into());
         }
-        let mut vfs = Vfs {
-            medium,
-            opts: opts.clone(),
+        let alt_root = match opts.view {
+            View::Native => None,
+            View::Dcm => Some(ROOT),
+            View::Both => Some(nodes.add(Node {
+                kind: Kind::Dir,
+                data: Data::Virtual {
+                    listing: Arc::new(Listing::default()),
+                },
+            })),
+        };
+        if let Some(a) = alt_root {
+            build_alt(&mut nodes, d, a);
+            nodes.gone.clear();
+        }
+        let records = d.records.len();
+        let generation = st.generation;
+        drop(st);
+        Vfs {
+            live,
+            opts,
             nodes: RwLock::new(nodes),
             upper,
-            alt_root: None,
+            alt_root,
             dicomdir_stat,
-            records: d.records.len(),
+            seen: AtomicU64::new(generation),
+            records,
             instances,
-        };
-        if opts.view != View::Native {
-            let mut nodes = vfs.nodes.write();
-            let alt = build_alt(&mut nodes, d);
-            drop(nodes);
-            if opts.view == View::Dcm {
-                // The alternate tree's root becomes inode 1.
-                let mut nodes = vfs.nodes.write();
-                let listing = match &nodes.nodes[alt as usize - 1].data {
-                    Data::Virtual { listing } => listing.clone(),
-                    Data::Native { .. } => Arc::new(Listing::default()),
-                };
-                nodes.nodes[0].data = Data::Virtual { listing };
-                vfs.alt_root = Some(ROOT);
-            } else {
-                vfs.alt_root = Some(alt);
-            }
         }
-        vfs
     }
 
     pub fn medium(&self) -> &Arc<dyn Medium> {
-        &self.medium
+        &self.live.medium
+    }
+
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    pub fn writable(&self) -> bool {
+        self.live.writable
+    }
+
+    /// Catch up with changes to the File-set: drop cached listings of changed medium
+    /// directories and rebuild the alternate view.
+    fn refresh(&self) {
+        let g = self.live.generation();
+        if self.seen.load(Ordering::Acquire) == g {
+            return;
+        }
+        let changes = self.live.take_changes();
+        let mut nodes = self.nodes.write();
+        for d in changes.iter().map(String::as_str).chain([DICOMDIR]) {
+            if let Some(&i) = nodes.by_path.get(d) {
+                if let Data::Native { listing, stat, .. } = &mut nodes.nodes[i as usize - 1].data {
+                    *listing = None;
+                    *stat = None;
+                }
+            }
+        }
+        let st = self.live.read();
+        // New instance files get their native inodes before the alternate view links them.
+        for i in st.dir.visible() {
+            if let Some(fid) = st.dir.records[i as usize].file_id.as_deref() {
+                let shown = fid.replace('\\', "/");
+                if !nodes.by_path.contains_key(shown.as_str()) && crate::dicomdir::file_id_safe(fid)
+                {
+                    nodes.native(&fileset::medium_path(fid, st.spelling), &shown, Kind::File);
+                }
+            }
+        }
+        if let Some(a) = self.alt_root {
+            build_alt(&mut nodes, &st.dir, a);
+        }
+        self.seen.store(st.generation, Ordering::Release);
     }
 
     fn attr_of(&self, ino: u64, node: &Node, stat: Stat) -> Attr {
+        let w = self.live.writable;
         Attr {
             ino,
             kind: node.kind,
@@ -281,23 +404,39 @@ impl Vfs {
             mtime: stat.mtime,
             atime: stat.atime,
             ctime: stat.ctime,
-            perm: if node.kind == Kind::Dir { 0o555 } else { 0o444 },
+            perm: match (node.kind, w) {
+                (Kind::Dir, false) => 0o555,
+                (Kind::Dir, true) => 0o755,
+                (Kind::File, false) => 0o444,
+                (Kind::File, true) => 0o644,
+            },
             nlink: if node.kind == Kind::Dir { 2 } else { 1 },
         }
     }
 
     /// Attributes of an inode (M-INQUIRE FILE).
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        self.refresh();
         let nodes = self.nodes.read();
         let node = nodes.get(ino)?;
+        let at = |size: u64, mtime: SystemTime| Stat {
+            kind: node.kind,
+            size,
+            mtime,
+            atime: mtime,
+            ctime: mtime,
+        };
         match &node.data {
             Data::Virtual { .. } => Ok(self.attr_of(ino, node, self.dicomdir_stat)),
+            Data::Staged(s) => Ok(self.attr_of(ino, node, at(s.size, s.mtime))),
+            Data::Ghost { size, mtime, .. } => Ok(self.attr_of(ino, node, at(*size, *mtime))),
+            Data::StagingDir { mtime } => Ok(self.attr_of(ino, node, at(0, *mtime))),
             Data::Native { stat: Some(st), .. } => Ok(self.attr_of(ino, node, *st)),
             Data::Native { path, .. } => {
                 let path = path.clone();
                 drop(nodes);
                 let st = self
-                    .medium
+                    .medium()
                     .stat(&path)
                     .map_err(|e| Error::medium(path.to_string(), e))?;
                 let mut nodes = self.nodes.write();
@@ -311,7 +450,9 @@ impl Vfs {
         }
     }
 
-    fn listing(&self, ino: u64) -> Result<Arc<Listing>> {
+    /// The base listing of a native or alternate-view directory (`None` for copy-in folders).
+    fn listing(&self, ino: u64) -> Result<Option<Arc<Listing>>> {
+        self.refresh();
         let nodes = self.nodes.read();
         let node = nodes.get(ino)?;
         if node.kind != Kind::Dir {
@@ -321,18 +462,24 @@ impl Vfs {
             ));
         }
         let (path, shown) = match &node.data {
-            Data::Virtual { listing } => return Ok(listing.clone()),
+            Data::Virtual { listing } => return Ok(Some(listing.clone())),
             Data::Native {
                 listing: Some(l), ..
-            } => return Ok(l.clone()),
+            } => return Ok(Some(l.clone())),
             Data::Native { path, shown, .. } => (path.clone(), shown.clone()),
+            _ => return Ok(None),
         };
         drop(nodes);
         let mut entries = self
-            .medium
+            .medium()
             .list(&path)
             .map_err(|e| Error::medium(path.to_string(), e))?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let hidden: HashSet<String> = if self.live.writable {
+            self.live.read().pending_paths.clone()
+        } else {
+            HashSet::new()
+        };
         let mut nodes = self.nodes.write();
         let mut listing = Listing::default();
         let at_root = ino == ROOT && self.opts.view == View::Both;
@@ -348,12 +495,16 @@ impl Vfs {
             if at_root && name == ALT_DIR {
                 log::warn!(
                     "{}: the medium's {ALT_DIR:?} is hidden by the alternate view",
-                    self.medium.describe()
+                    self.medium().describe()
                 );
                 continue;
             }
+            let shown_path = fsimpl::join(&shown, &name);
+            if (shown.is_empty() && name == STAGING) || hidden.contains(&shown_path) {
+                continue;
+            }
             let real = fsimpl::join(&path, &orig);
-            let ci = nodes.native(&real, &fsimpl::join(&shown, &name), e.kind);
+            let ci = nodes.native(&real, &shown_path, e.kind);
             listing.push(name.into(), ci);
         }
         if at_root {
@@ -365,22 +516,34 @@ impl Vfs {
         if let Data::Native { listing: l, .. } = &mut nodes.nodes[ino as usize - 1].data {
             *l = Some(listing.clone());
         }
-        Ok(listing)
+        Ok(Some(listing))
+    }
+
+    /// The inode of a name in a directory, without its attributes.
+    fn find(&self, parent: u64, name: &str) -> Result<u64> {
+        if let Some(l) = self.listing(parent)? {
+            if let Some(ino) = l.get(name, self.opts.case_insensitive) {
+                return Ok(ino);
+            }
+        }
+        let nodes = self.nodes.read();
+        nodes
+            .overlay
+            .get(&parent)
+            .and_then(|m| m.get(name).copied())
+            .ok_or_else(|| Error::NotFound {
+                path: name.to_string(),
+            })
     }
 
     /// Find a name in a directory.
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr> {
-        let l = self.listing(parent)?;
-        match l.get(name, self.opts.case_insensitive) {
-            Some(ino) => self.getattr(ino),
-            None => Err(Error::NotFound {
-                path: name.to_string(),
-            }),
-        }
+        let ino = self.find(parent, name)?;
+        self.getattr(ino)
     }
 
-    /// Call `f(name, inode, kind)` for a directory's entries from index `skip` on, until it
-    /// returns `true` (the reply is full). No copy of the listing is made.
+    /// Call `f(index, name, inode, kind)` for a directory's entries from index `skip` on, until
+    /// it returns `true` (the reply is full).
     pub fn readdir_with(
         &self,
         ino: u64,
@@ -389,10 +552,26 @@ impl Vfs {
     ) -> Result<()> {
         let l = self.listing(ino)?;
         let nodes = self.nodes.read();
-        for (i, (n, child)) in l.entries.iter().enumerate().skip(skip) {
-            let k = nodes.get(*child).map(|n| n.kind).unwrap_or(Kind::File);
-            if f(i, n, *child, k) {
-                break;
+        let base = l.as_ref().map(|l| l.entries.len()).unwrap_or(0);
+        if let Some(l) = &l {
+            for (i, (n, child)) in l.entries.iter().enumerate().skip(skip) {
+                let k = nodes.get(*child).map(|n| n.kind).unwrap_or(Kind::File);
+                if f(i, n, *child, k) {
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(m) = nodes.overlay.get(&ino) {
+            let visible = m.iter().filter(|(_, &c)| nodes.visible(c, 0));
+            for (k, (n, &child)) in visible.enumerate() {
+                let i = base + k;
+                if i < skip {
+                    continue;
+                }
+                let kind = nodes.get(child).map(|n| n.kind).unwrap_or(Kind::File);
+                if f(i, n, child, kind) {
+                    break;
+                }
             }
         }
         Ok(())
@@ -414,6 +593,19 @@ impl Vfs {
         let node = nodes.get(ino)?;
         match &node.data {
             Data::Native { path, .. } if node.kind == Kind::File => Ok(path.to_string()),
+            Data::Staged(Staged {
+                staged: Some(p), ..
+            }) => Ok(p.clone()),
+            Data::Ghost {
+                target: Some(t), ..
+            } => {
+                let t = *t;
+                drop(nodes);
+                self.file_path(t)
+            }
+            Data::Ghost { target: None, .. } | Data::Staged(_) => Err(Error::NotFound {
+                path: format!("inode {ino} (dropped)"),
+            }),
             _ => Err(Error::medium(
                 format!("inode {ino}"),
                 std::io::Error::from_raw_os_error(libc::EISDIR),
@@ -421,12 +613,26 @@ impl Vfs {
         }
     }
 
+    /// Is this inode a file of the medium (an instance, the DICOMDIR), as opposed to a file
+    /// being copied in?
+    pub fn is_native_file(&self, ino: u64) -> bool {
+        let nodes = self.nodes.read();
+        matches!(
+            nodes.get(ino).map(|n| (&n.data, n.kind)),
+            Ok((Data::Native { .. }, Kind::File))
+        )
+    }
+
     /// Read bytes of a file.
     pub fn read(&self, ino: u64, offset: u64, size: usize) -> Result<Vec<u8>> {
-        let path = self.file_path(ino)?;
+        let path = match self.file_path(ino) {
+            Ok(p) => p,
+            Err(Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
         let mut buf = vec![0u8; size.min(16 << 20)];
         let n = self
-            .medium
+            .medium()
             .read_at(&path, offset, &mut buf)
             .map_err(|e| Error::medium(path, e))?;
         buf.truncate(n);
@@ -435,9 +641,9 @@ impl Vfs {
 
     /// Space on the medium (M-INQUIRE FILE-SET).
     pub fn statfs(&self) -> Result<StatFs> {
-        self.medium
+        self.medium()
             .statfs()
-            .map_err(|e| Error::medium(self.medium.describe(), e))
+            .map_err(|e| Error::medium(self.medium().describe(), e))
     }
 
     /// Resolve a `/`-separated path from the root (for tests and tools).
@@ -564,8 +770,10 @@ fn unique(name: String, taken: &mut HashSet<String>) -> String {
     unreachable!("an unbounded counter always finds a free name")
 }
 
-fn build_alt(nodes: &mut Nodes, d: &DicomDir) -> u64 {
-    fn dir(nodes: &mut Nodes, d: &DicomDir, kids: &[u32], depth: usize) -> u64 {
+/// Build (or rebuild, keeping inodes) the alternate tree under `root`. Directory inodes are
+/// keyed by record index in `alt`; names that disappear from a directory are noted in `gone`.
+fn build_alt(nodes: &mut Nodes, d: &DicomDir, root: u64) {
+    fn dir(nodes: &mut Nodes, d: &DicomDir, kids: &[u32], depth: usize, ino: u64) {
         let mut listing = Listing::default();
         let mut taken = HashSet::new();
         for &c in kids {
@@ -578,26 +786,42 @@ fn build_alt(nodes: &mut Nodes, d: &DicomDir) -> u64 {
                 nodes.by_path.get(shown.as_str()).copied()
             });
             match file {
-                Some(ino) if r.children.iter().all(|&k| !d.records[k as usize].in_use) => {
-                    listing.push(unique(leaf_name(r), &mut taken).into(), ino);
+                Some(fino) if r.children.iter().all(|&k| !d.records[k as usize].in_use) => {
+                    listing.push(unique(leaf_name(r), &mut taken).into(), fino);
                 }
                 _ if r.children.is_empty() || depth > 16 => {}
                 _ => {
                     let name = unique(dir_name(d, r), &mut taken);
-                    let ino = dir(nodes, d, &r.children, depth + 1);
-                    listing.push(name.into(), ino);
+                    let child = match nodes.alt.get(&c) {
+                        Some(&i) => i,
+                        None => {
+                            let i = nodes.add(Node {
+                                kind: Kind::Dir,
+                                data: Data::Virtual {
+                                    listing: Arc::new(Listing::default()),
+                                },
+                            });
+                            nodes.alt.insert(c, i);
+                            i
+                        }
+                    };
+                    dir(nodes, d, &r.children, depth + 1, child);
+                    listing.push(name.into(), child);
                 }
             }
         }
-        nodes.add(Node {
-            kind: Kind::Dir,
-            data: Data::Virtual {
-                listing: Arc::new(listing),
-            },
-        })
+        let node = &mut nodes.nodes[ino as usize - 1];
+        if let Data::Virtual { listing: old } = &node.data {
+            for (n, _) in &old.entries {
+                if !listing.index.contains_key(n) {
+                    nodes.gone.insert((ino, n.clone()));
+                }
+            }
+        }
+        let node = &mut nodes.nodes[ino as usize - 1];
+        node.data = Data::Virtual {
+            listing: Arc::new(listing),
+        };
     }
-    dir(nodes, d, &d.roots, 0)
+    dir(nodes, d, &d.roots, 0, root)
 }
-
-#[cfg(test)]
-mod tests;

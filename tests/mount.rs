@@ -27,7 +27,7 @@ fn generated_fileset_native_view_is_byte_exact_and_passes_the_oracles() {
     let n = demo(&src);
     std::fs::write(src.join("README"), b"File-set descriptor\n").unwrap();
     {
-        let m = Mount::new(&src, &t.join("mnt"), &[]);
+        let m = Mount::new(&src, &t.join("mnt"), &["-o", "ro"]);
         assert_same_tree(&src, m.path());
         assert_oracles_pass(m.path());
         // Every instance once: the native view adds nothing.

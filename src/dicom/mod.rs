@@ -6,6 +6,7 @@
 //! malformed file can make a read fail but never panic or allocate what a length field claims.
 
 pub mod charset;
+pub mod dataset;
 pub mod tags;
 
 pub use charset::decode_text;
