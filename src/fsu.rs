@@ -146,6 +146,8 @@ pub struct State {
     image: Vec<u8>,
     /// SOP Instance UID -> leaf record.
     by_sop: HashMap<Box<str>, u32>,
+    /// File ID -> record.
+    by_file: HashMap<Box<str>, u32>,
     dirs: HashMap<String, DirInfo>,
     /// Medium paths of files whose records were detached, to remove after the next rewrite.
     pending_files: Vec<String>,
@@ -232,10 +234,30 @@ fn numbered(name: &str, prefix: u8) -> Option<u32> {
 }
 
 impl State {
+    fn new(dir: DicomDir, spelling: Spelling, image: Vec<u8>) -> State {
+        State {
+            dir,
+            spelling,
+            generation: 0,
+            image,
+            by_sop: HashMap::new(),
+            by_file: HashMap::new(),
+            dirs: HashMap::new(),
+            pending_files: Vec::new(),
+            pending_paths: HashSet::new(),
+            last_delete: None,
+            patchable: false,
+        }
+    }
+
     fn index(&mut self) {
         self.by_sop.clear();
+        self.by_file.clear();
         for i in self.dir.visible() {
             let r = &self.dir.records[i as usize];
+            if let Some(f) = &r.file_id {
+                self.by_file.insert(f.clone(), i);
+            }
             if let (Some(_), Some(sop)) = (&r.file_id, r.key(tags::REFERENCED_SOP_INSTANCE)) {
                 self.by_sop.insert(sop.into(), i);
             }
@@ -442,18 +464,7 @@ impl Live {
             medium,
             writable,
             profile,
-            state: RwLock::new(State {
-                dir,
-                spelling,
-                generation: 0,
-                image: Vec::new(),
-                by_sop: HashMap::new(),
-                dirs: HashMap::new(),
-                pending_files: Vec::new(),
-                pending_paths: HashSet::new(),
-                last_delete: None,
-                patchable: false,
-            }),
+            state: RwLock::new(State::new(dir, spelling, Vec::new())),
             changes: Mutex::new(Changes::default()),
             next_stage: AtomicU64::new(1),
             staging: Default::default(),
@@ -968,6 +979,9 @@ impl Live {
         }
         if let Some(leaf) = up {
             st.by_sop.insert(sop.into(), leaf);
+            if let Some(f) = st.dir.records[leaf as usize].file_id.clone() {
+                st.by_file.insert(f, leaf);
+            }
         }
         Ok(())
     }
@@ -980,12 +994,7 @@ impl Live {
             return Err(Error::ReadOnly { path: fid.into() });
         }
         let mut st = self.state.write();
-        let Some(i) = st
-            .dir
-            .visible()
-            .into_iter()
-            .find(|&i| st.dir.records[i as usize].file_id.as_deref() == Some(fid))
-        else {
+        let Some(&i) = st.by_file.get(fid) else {
             return Err(Error::NotFound { path: fid.into() });
         };
         self.detach(&mut st, i);
@@ -1015,6 +1024,7 @@ impl Live {
             let parent = st.dir.records[c as usize].parent;
             st.dir.records[c as usize].in_use = false;
             if let Some(f) = st.dir.records[c as usize].file_id.clone() {
+                st.by_file.remove(&f);
                 st.pending_files.push(fileset::medium_path(&f, st.spelling));
                 st.pending_paths.insert(f.replace('\\', "/"));
                 if let Some(sop) = st.dir.records[c as usize].key(tags::REFERENCED_SOP_INSTANCE) {
@@ -1283,18 +1293,7 @@ pub fn repair(arc: &Arc<dyn Medium>, profile: &Profile) -> Result<Vec<String>> {
         medium: arc.clone(),
         writable: true,
         profile: profile.clone(),
-        state: RwLock::new(State {
-            dir: d,
-            spelling,
-            generation: 0,
-            image: bytes,
-            by_sop: HashMap::new(),
-            dirs: HashMap::new(),
-            pending_files: Vec::new(),
-            pending_paths: HashSet::new(),
-            last_delete: None,
-            patchable: false,
-        }),
+        state: RwLock::new(State::new(d, spelling, bytes)),
         changes: Mutex::new(Changes::default()),
         next_stage: AtomicU64::new(1),
         staging: Default::default(),

@@ -118,6 +118,13 @@ impl Vfs {
 
     /// The File ID a staged file asks for by its place and name (M-WRITE with a File ID).
     fn wanted_file_id(&self, parent: u64, name: &str) -> Option<String> {
+        // rsync writes NAME as .NAME.XXXXXX and renames it when done.
+        let name = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once('.'))
+            .filter(|(n, x)| x.len() == 6 && file_id_problem(n).is_none())
+            .map(|(n, _)| n)
+            .unwrap_or(name);
         match self.place(parent).ok()? {
             Place::Native { shown, .. } => {
                 let fid = if shown.is_empty() {
@@ -280,10 +287,13 @@ impl Vfs {
                     ));
                 }
             }
-            self.live
-                .medium
-                .write_at(&p, offset, data)
-                .map_err(|e| Error::medium(s.name.to_string(), e))?;
+            if let Err(e) = self.live.medium.write_at(&p, offset, data) {
+                // Nothing of a copy that failed is kept (ENOSPC: the medium is full).
+                let _ = self.live.medium.remove(&p);
+                s.staged = None;
+                s.dropped = Some(String::new());
+                return Err(Error::medium(s.name.to_string(), e));
+            }
         }
         s.size = s.size.max(end);
         s.mtime = SystemTime::now();
