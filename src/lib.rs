@@ -11,6 +11,7 @@ pub mod error;
 pub mod fileset;
 pub mod fsu;
 pub mod fuse;
+pub mod rebuild;
 pub mod records;
 pub mod synth;
 pub mod vfs;

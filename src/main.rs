@@ -75,6 +75,9 @@ enum Cmd {
         #[arg(long, default_value = "")]
         fileset_id: String,
     },
+    /// Write a new DICOMDIR for the instance files in SOURCE (its DICOMDIR missing or broken),
+    /// listing each file that could not be taken. Keeps the File-set ID and UID if it can.
+    Rebuild { source: PathBuf },
     /// List the patient / study / series / instance tree of the DICOMDIR in SOURCE.
     Ls { source: PathBuf },
     /// Check the File-set in SOURCE. Exit 0 clean, 4 errors found, 8 could not run.
@@ -208,6 +211,37 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("dicomfs: {e}");
                     ExitCode::from(if matches!(e, Error::Usage(_)) { 2 } else { 1 })
+                }
+            }
+        }
+        Cmd::Rebuild { source } => {
+            init_log(None, false);
+            let m: Arc<dyn fsimpl::Medium> = match fsimpl::HostDir::open(&source) {
+                Ok(m) => Arc::new(m),
+                Err(e) => {
+                    eprintln!("dicomfs: {}: {e}", source.display());
+                    return ExitCode::from(EXIT_COULD_NOT_RUN);
+                }
+            };
+            let t = std::time::Instant::now();
+            match dicomfs::rebuild::rebuild(&m, &|_, _| {}) {
+                Ok(r) => {
+                    for line in &r.refused {
+                        println!("not taken: {line}");
+                    }
+                    println!(
+                        "{}: new DICOMDIR with {} instances, {} records in {:.2?}; {} files not taken",
+                        source.display(),
+                        r.instances,
+                        r.records,
+                        t.elapsed(),
+                        r.refused.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("dicomfs: {e}");
+                    ExitCode::from(1)
                 }
             }
         }

@@ -7,9 +7,7 @@
 //! built by [`crate::records::for_instance`], the same path an ingest takes.
 
 use crate::dicom::{self, tags, Writer, ITEM};
-use crate::dicomdir::{Elem, WDicomDir, WRecord};
-use crate::records;
-use std::collections::HashMap;
+use crate::dicomdir::{Elem, WDicomDir};
 use std::io;
 use std::path::Path;
 
@@ -409,72 +407,17 @@ fn pdf(ds: &mut Vec<Elem>, date: &str) {
 
 /// Build the DICOMDIR for instances (the same hierarchy rules as an ingest).
 pub fn dicomdir_for(insts: &[Instance], fileset_id: &str, fileset_uid: &str) -> WDicomDir {
-    let mut d = WDicomDir {
-        fileset_id: fileset_id.into(),
-        fileset_uid: fileset_uid.into(),
-        ..Default::default()
-    };
-    let mut patients: HashMap<String, usize> = HashMap::new();
-    let mut studies: HashMap<String, usize> = HashMap::new();
-    let mut series: HashMap<String, usize> = HashMap::new();
-    for inst in insts {
-        let r = records::for_instance(
-            &inst.ds,
-            &inst.file_id.join("\\"),
-            &inst.sop_class(),
-            &inst.sop_instance(),
-            dicom::EXPLICIT_LE,
-        );
-        let add = |rtype: &str, elems: Vec<Elem>, parent: Option<usize>, d: &mut WDicomDir| {
-            let i = d.records.len();
-            d.records.push(WRecord {
-                rtype: rtype.into(),
-                elems,
-                children: Vec::new(),
-            });
-            match parent {
-                None => d.roots.push(i),
-                Some(p) => d.records[p].children.push(i),
-            }
-            i
-        };
-        // One record per Patient ID, Study Instance UID and Series Instance UID.
-        let once = |map: &mut HashMap<String, usize>,
-                    key: u32,
-                    rtype,
-                    elems,
-                    parent,
-                    d: &mut WDicomDir| {
-            *map.entry(inst.get(key))
-                .or_insert_with(|| add(rtype, elems, parent, d))
-        };
-        let p = once(
-            &mut patients,
-            tags::PATIENT_ID,
-            "PATIENT",
-            r.patient,
-            None,
-            &mut d,
-        );
-        let st = once(
-            &mut studies,
-            tags::STUDY_INSTANCE_UID,
-            "STUDY",
-            r.study,
-            Some(p),
-            &mut d,
-        );
-        let se = once(
-            &mut series,
-            tags::SERIES_INSTANCE_UID,
-            "SERIES",
-            r.series,
-            Some(st),
-            &mut d,
-        );
-        add(r.leaf_type, r.leaf, Some(se), &mut d);
-    }
-    d
+    let entries: Vec<crate::rebuild::Entry> = insts
+        .iter()
+        .map(|i| crate::rebuild::Entry {
+            file_id: i.file_id.join("\\"),
+            ds: i.ds.clone(),
+            sop_class: i.sop_class(),
+            sop_instance: i.sop_instance(),
+            transfer_syntax: dicom::EXPLICIT_LE.into(),
+        })
+        .collect();
+    crate::rebuild::directory_for(&entries, fileset_id, fileset_uid)
 }
 
 /// Write each instance's Part-10 file under its File ID below the host directory `dir`.
