@@ -1085,30 +1085,21 @@ impl Live {
         }
         dirs.sort();
         dirs.dedup();
-        // Remove directories left empty, deepest first.
+        // Remove directories left empty, deepest first, walking up while they empty out.
         dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
-        let mut seen = HashSet::new();
         for d in dirs {
             let mut d = d;
             loop {
-                if !seen.insert(d.clone()) {
+                let empty = m.list(&d).map(|l| l.is_empty()).unwrap_or(false);
+                if !empty || m.rmdir(&d).is_err() {
                     break;
                 }
-                if m.list(&d).map(|l| l.is_empty()).unwrap_or(false) && m.rmdir(&d).is_ok() {
-                    let up = d.rsplit_once('/').map(|x| x.0).unwrap_or("").to_string();
-                    st.dirs.remove(&d.replace('/', "\\").to_ascii_uppercase());
-                    if let Some(info) = st.dirs.get_mut(&up.replace('/', "\\").to_ascii_uppercase())
-                    {
-                        info.count = info.count.saturating_sub(1);
-                    }
-                    self.changed(up.clone());
-                    if up.is_empty() {
-                        break;
-                    }
-                    d = up;
-                } else {
+                let up = d.rsplit_once('/').map(|x| x.0).unwrap_or("").to_string();
+                self.changed(up.clone());
+                if up.is_empty() {
                     break;
                 }
+                d = up;
             }
         }
         // Directory entry counts of series directories shrank; re-count lazily.
@@ -1423,3 +1414,6 @@ pub fn spawn_committer(live: &Arc<Live>) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests;

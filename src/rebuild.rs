@@ -133,7 +133,10 @@ fn all_files(medium: &dyn Medium) -> Result<Vec<String>> {
 /// Keeps the File-set ID and UID of a DICOMDIR that still parses; otherwise makes a new UID.
 /// Files whose path is not a legal File ID or that are not DICOM Part-10 instances are left
 /// alone and listed in [`Rebuilt::refused`]. `progress(done, total)` is called as files are read.
-pub fn rebuild(medium: &Arc<dyn Medium>, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Rebuilt> {
+pub fn rebuild(
+    medium: &Arc<dyn Medium>,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Rebuilt> {
     let m = &**medium;
     let files = all_files(m)?;
     let total = files.len();
@@ -162,7 +165,7 @@ pub fn rebuild(medium: &Arc<dyn Medium>, progress: &(dyn Fn(usize, usize) + Sync
                     for (j, p) in part.iter().enumerate() {
                         out.push((k * chunk + j, read_entry(m, p)));
                         let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                        if n % 256 == 0 {
+                        if n.is_multiple_of(256) {
                             progress(n, total);
                         }
                     }
