@@ -123,10 +123,12 @@ pub enum Ingested {
     Dropped(String),
 }
 
-/// A change the views must pick up: medium directories whose listing changed.
+/// Changes the views must pick up: medium directories whose listing changed, and File IDs
+/// added.
 #[derive(Default)]
-struct Changes {
-    dirs: Vec<String>,
+pub struct Changes {
+    pub dirs: Vec<String>,
+    pub added: Vec<String>,
 }
 
 /// Per-directory allocation state: how many entries, and the highest number used per prefix.
@@ -134,6 +136,8 @@ struct Changes {
 struct DirInfo {
     count: usize,
     max: HashMap<u8, u32>,
+    /// Known to exist on the medium.
+    exists: bool,
 }
 
 /// The mutable state: the DICOMDIR tree, its bytes, and indexes.
@@ -269,6 +273,7 @@ impl State {
         if !self.dirs.contains_key(&dir_s) {
             let mut info = DirInfo::default();
             if let Ok(entries) = medium.list(&fileset::medium_path(dir, self.spelling)) {
+                info.exists = true;
                 info.count = entries.len();
                 for e in entries {
                     let up = e.name.to_ascii_uppercase();
@@ -507,9 +512,9 @@ impl Live {
         self.state.read().generation
     }
 
-    /// Medium directories whose listings changed since the last call.
-    pub fn take_changes(&self) -> Vec<String> {
-        std::mem::take(&mut self.changes.lock().dirs)
+    /// What changed since the last call.
+    pub fn take_changes(&self) -> Changes {
+        std::mem::take(&mut *self.changes.lock())
     }
 
     fn changed(&self, dir: String) {
@@ -759,7 +764,12 @@ impl Live {
         let target = fileset::medium_path(&fid, st.spelling);
         let comps: Vec<&str> = target.split('/').collect();
         let mut made = Vec::new();
+        let fcomps = parts(&fid);
         for k in 1..comps.len() {
+            let key = fcomps[..k].join("\\");
+            if st.dirs.get(&key).is_some_and(|i| i.exists) {
+                continue;
+            }
             let d = comps[..k].join("/");
             match m.mkdir(&d) {
                 Ok(()) => made.push(d),
@@ -769,9 +779,13 @@ impl Live {
                     return Err(Error::medium(d, e));
                 }
             }
+            if let Some(i) = st.dirs.get_mut(&key) {
+                i.exists = true;
+            }
         }
         if let Err(e) = m.rename(staged, &target) {
             undo_dirs(m, &made);
+            st.dirs.clear();
             return Err(Error::medium(name, e));
         }
         // Reference it.
@@ -799,6 +813,7 @@ impl Live {
         if let Err(e) = self.append(&mut st, parent, chain, &h.sop_instance) {
             let _ = m.rename(&target, staged);
             undo_dirs(m, &made);
+            st.dirs.clear();
             return Err(e);
         }
         // Views: the new file's directory and any directory made.
@@ -813,6 +828,7 @@ impl Live {
             self.changed(d.clone());
         }
         self.changed(String::new());
+        self.changes.lock().added.push(fid.clone());
         st.generation += 1;
         Ok(Ingested::Added(fid))
     }

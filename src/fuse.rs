@@ -14,7 +14,6 @@ use fuser::{
 };
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -40,8 +39,8 @@ pub struct FuseFs {
     want_passthrough: bool,
     backing: Mutex<Backing>,
     next_fh: AtomicU64,
-    /// Handles open for writing (files being copied in).
-    writers: Mutex<HashSet<u64>>,
+    /// Handles open for writing (files being copied in), with their passthrough backing file.
+    writers: Mutex<HashMap<u64, Option<BackingId>>>,
     ttl: Duration,
     uid: u32,
     gid: u32,
@@ -61,10 +60,34 @@ impl FuseFs {
             want_passthrough,
             backing: Mutex::new(Backing::default()),
             next_fh: AtomicU64::new(1),
-            writers: Mutex::new(HashSet::new()),
+            writers: Mutex::new(HashMap::new()),
             ttl,
             uid,
             gid,
+        }
+    }
+
+    /// A writable backing file for a file being copied in, so the kernel writes its bytes
+    /// straight to the staged file (FUSE passthrough); `None` to take writes in the daemon.
+    fn write_backing(
+        &self,
+        ino: u64,
+        open: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
+    ) -> Option<BackingId> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return None;
+        }
+        let path = self.vfs.staged_path(ino)?;
+        match self.vfs.medium().backing_file(&path, true)? {
+            Ok(f) => open(&f)
+                .map_err(|e| {
+                    log::info!("{path}: passthrough refused ({e}); writes go through the daemon")
+                })
+                .ok(),
+            Err(e) => {
+                log::warn!("{path}: {e}");
+                None
+            }
         }
     }
 
@@ -167,8 +190,19 @@ impl Filesystem for FuseFs {
                 return reply.error(errno(&e));
             }
             let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-            self.writers.lock().insert(fh);
-            return reply.opened(FileHandle(fh), FopenFlags::empty());
+            let id = self.write_backing(ino.0, |f| reply.open_backing(f));
+            let r = match &id {
+                Some(id) => {
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
+                    None
+                }
+                None => Some(reply),
+            };
+            self.writers.lock().insert(fh, id);
+            if let Some(reply) = r {
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            return;
         }
         let path = match self.vfs.file_path(ino.0) {
             Ok(p) => p,
@@ -181,7 +215,7 @@ impl Filesystem for FuseFs {
             let id = match existing {
                 Some(id) => Some(id),
                 None => {
-                    match self.vfs.medium().backing_file(&path) {
+                    match self.vfs.medium().backing_file(&path, false) {
                         Some(Ok(file)) => match reply.open_backing(&file) {
                             Ok(id) => {
                                 let id = Arc::new(id);
@@ -242,7 +276,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if self.writers.lock().remove(&fh.0) {
+        if self.writers.lock().remove(&fh.0).is_some() {
             // Normally ingested at flush (close); a handle released without one is taken now.
             if let Err(e) = self.vfs.flush(ino.0) {
                 e.log();
@@ -462,14 +496,25 @@ impl Filesystem for FuseFs {
         match self.vfs.create(parent.0, name) {
             Ok(a) => {
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                self.writers.lock().insert(fh);
-                reply.created(
-                    &self.ttl,
-                    &self.attr(&a),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                )
+                let id = self.write_backing(a.ino, |f| reply.open_backing(f));
+                match &id {
+                    Some(id) => reply.created_passthrough(
+                        &self.ttl,
+                        &self.attr(&a),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                        id,
+                    ),
+                    None => reply.created(
+                        &self.ttl,
+                        &self.attr(&a),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    ),
+                }
+                self.writers.lock().insert(fh, id);
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -501,7 +546,7 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        if self.writers.lock().contains(&fh.0) {
+        if self.writers.lock().contains_key(&fh.0) {
             return done(self.vfs.flush(ino.0), reply);
         }
         reply.ok()

@@ -235,6 +235,8 @@ pub struct Vfs {
     dicomdir_stat: Stat,
     /// The File-set generation the views last caught up with.
     seen: AtomicU64,
+    /// The alternate view needs a rebuild.
+    alt_dirty: std::sync::atomic::AtomicBool,
     pub records: usize,
     pub instances: usize,
 }
@@ -340,6 +342,7 @@ impl Vfs {
             alt_root,
             dicomdir_stat,
             seen: AtomicU64::new(generation),
+            alt_dirty: Default::default(),
             records,
             instances,
         }
@@ -358,15 +361,17 @@ impl Vfs {
     }
 
     /// Catch up with changes to the File-set: drop cached listings of changed medium
-    /// directories and rebuild the alternate view.
+    /// directories, give new instance files their inodes, and mark the alternate view for a
+    /// rebuild (done when it is next listed).
     fn refresh(&self) {
         let g = self.live.generation();
         if self.seen.load(Ordering::Acquire) == g {
             return;
         }
         let changes = self.live.take_changes();
+        let spelling = self.live.read().spelling;
         let mut nodes = self.nodes.write();
-        for d in changes.iter().map(String::as_str).chain([DICOMDIR]) {
+        for d in changes.dirs.iter().map(String::as_str).chain([DICOMDIR]) {
             if let Some(&i) = nodes.by_path.get(d) {
                 if let Data::Native { listing, stat, .. } = &mut nodes.nodes[i as usize - 1].data {
                     *listing = None;
@@ -374,21 +379,25 @@ impl Vfs {
                 }
             }
         }
+        for fid in &changes.added {
+            let shown = fid.replace('\\', "/");
+            nodes.native(&fileset::medium_path(fid, spelling), &shown, Kind::File);
+        }
+        self.alt_dirty.store(true, Ordering::Release);
+        self.seen.store(g, Ordering::Release);
+    }
+
+    /// Rebuild the alternate view if the File-set changed since it was built.
+    fn refresh_alt(&self) {
+        let Some(a) = self.alt_root else {
+            return;
+        };
+        if !self.alt_dirty.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let mut nodes = self.nodes.write();
         let st = self.live.read();
-        // New instance files get their native inodes before the alternate view links them.
-        for i in st.dir.visible() {
-            if let Some(fid) = st.dir.records[i as usize].file_id.as_deref() {
-                let shown = fid.replace('\\', "/");
-                if !nodes.by_path.contains_key(shown.as_str()) && crate::dicomdir::file_id_safe(fid)
-                {
-                    nodes.native(&fileset::medium_path(fid, st.spelling), &shown, Kind::File);
-                }
-            }
-        }
-        if let Some(a) = self.alt_root {
-            build_alt(&mut nodes, &st.dir, a);
-        }
-        self.seen.store(st.generation, Ordering::Release);
+        build_alt(&mut nodes, &st.dir, a);
     }
 
     fn attr_of(&self, ino: u64, node: &Node, stat: Stat) -> Attr {
@@ -428,7 +437,14 @@ impl Vfs {
         };
         match &node.data {
             Data::Virtual { .. } => Ok(self.attr_of(ino, node, self.dicomdir_stat)),
-            Data::Staged(s) => Ok(self.attr_of(ino, node, at(s.size, s.mtime))),
+            Data::Staged(s) => {
+                // Written through passthrough, the daemon does not see the size change.
+                let size = match &s.staged {
+                    Some(p) => self.medium().stat(p).map(|st| st.size).unwrap_or(s.size),
+                    None => s.size,
+                };
+                Ok(self.attr_of(ino, node, at(size, s.mtime)))
+            }
             Data::Ghost { size, mtime, .. } => Ok(self.attr_of(ino, node, at(*size, *mtime))),
             Data::StagingDir { mtime } => Ok(self.attr_of(ino, node, at(0, *mtime))),
             Data::Native { stat: Some(st), .. } => Ok(self.attr_of(ino, node, *st)),
@@ -453,6 +469,15 @@ impl Vfs {
     /// The base listing of a native or alternate-view directory (`None` for copy-in folders).
     fn listing(&self, ino: u64) -> Result<Option<Arc<Listing>>> {
         self.refresh();
+        if self.alt_root.is_some() && self.alt_dirty.load(Ordering::Acquire) {
+            let virt = matches!(
+                self.nodes.read().get(ino).map(|n| &n.data),
+                Ok(Data::Virtual { .. })
+            );
+            if virt {
+                self.refresh_alt();
+            }
+        }
         let nodes = self.nodes.read();
         let node = nodes.get(ino)?;
         if node.kind != Kind::Dir {
@@ -610,6 +635,17 @@ impl Vfs {
                 format!("inode {ino}"),
                 std::io::Error::from_raw_os_error(libc::EISDIR),
             )),
+        }
+    }
+
+    /// The staged bytes' medium path of a file being copied in.
+    pub fn staged_path(&self, ino: u64) -> Option<String> {
+        let nodes = self.nodes.read();
+        match &nodes.get(ino).ok()?.data {
+            Data::Staged(Staged {
+                staged: Some(p), ..
+            }) => Some(p.clone()),
+            _ => None,
         }
     }
 

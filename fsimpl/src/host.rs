@@ -18,6 +18,8 @@ pub struct HostDir {
     root: PathBuf,
     /// Small cache of open read handles, most recent last (reads of one file come in runs).
     open: Mutex<Vec<(String, std::sync::Arc<File>)>>,
+    /// The same for write handles (the DICOMDIR is written a few times per copy-in).
+    open_rw: Mutex<Vec<(String, std::sync::Arc<File>)>>,
 }
 
 impl HostDir {
@@ -33,6 +35,7 @@ impl HostDir {
         Ok(HostDir {
             root,
             open: Mutex::new(Vec::new()),
+            open_rw: Mutex::new(Vec::new()),
         })
     }
 
@@ -51,15 +54,29 @@ impl HostDir {
     }
 
     fn reader(&self, path: &str) -> io::Result<std::sync::Arc<File>> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        self.cached(&self.open, path, false)
+    }
+
+    fn cached(
+        &self,
+        cache: &Mutex<Vec<(String, std::sync::Arc<File>)>>,
+        path: &str,
+        write: bool,
+    ) -> io::Result<std::sync::Arc<File>> {
+        let mut open = cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(i) = open.iter().position(|(p, _)| p == path) {
             let e = open.remove(i);
             let f = e.1.clone();
             open.push(e);
             return Ok(f);
         }
-        let f = std::sync::Arc::new(File::open(self.host(path)?)?);
-        if open.len() >= OPEN_CACHE {
+        let f = std::sync::Arc::new(
+            OpenOptions::new()
+                .read(true)
+                .write(write)
+                .open(self.host(path)?)?,
+        );
+        if open.len() >= if write { 8 } else { OPEN_CACHE } {
             open.remove(0);
         }
         open.push((path.to_string(), f.clone()));
@@ -67,8 +84,11 @@ impl HostDir {
     }
 
     fn forget(&self, path: &str) {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.retain(|(p, _)| p != path && !p.starts_with(&format!("{path}/")));
+        let below = format!("{path}/");
+        for cache in [&self.open, &self.open_rw] {
+            let mut open = cache.lock().unwrap_or_else(|e| e.into_inner());
+            open.retain(|(p, _)| p != path && !p.starts_with(&below));
+        }
     }
 }
 
@@ -111,8 +131,8 @@ impl Medium for HostDir {
     }
 
     fn write_at(&self, path: &str, offset: u64, data: &[u8]) -> io::Result<()> {
-        let f = OpenOptions::new().write(true).open(self.host(path)?)?;
-        f.write_all_at(data, offset)
+        self.cached(&self.open_rw, path, true)?
+            .write_all_at(data, offset)
     }
 
     fn create(&self, path: &str) -> io::Result<()> {
@@ -201,12 +221,24 @@ impl Medium for HostDir {
     fn sync(&self, path: Option<&str>) -> io::Result<()> {
         match path {
             Some(p) => File::open(self.host(p)?)?.sync_all(),
-            None => File::open(&self.root)?.sync_all(),
+            None => {
+                // The whole filesystem the directory is on (syncfs), not just the directory.
+                let f = File::open(&self.root)?;
+                use std::os::fd::AsRawFd;
+                // SAFETY: f is an open file descriptor for the duration of the call.
+                if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            }
         }
     }
 
-    fn backing_file(&self, path: &str) -> Option<io::Result<File>> {
-        Some(self.host(path).and_then(File::open))
+    fn backing_file(&self, path: &str, writable: bool) -> Option<io::Result<File>> {
+        Some(
+            self.host(path)
+                .and_then(|p| OpenOptions::new().read(true).write(writable).open(p)),
+        )
     }
 }
 

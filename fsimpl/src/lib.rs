@@ -84,8 +84,9 @@ pub trait Medium: Send + Sync {
     /// Make what was written to `path` (or to everything, with `None`) durable.
     fn sync(&self, path: Option<&str>) -> io::Result<()>;
     /// A kernel file whose bytes are exactly the file's bytes, for zero-copy serving
-    /// (FUSE passthrough). Media that are not plain host files return `None`.
-    fn backing_file(&self, _path: &str) -> Option<io::Result<File>> {
+    /// (FUSE passthrough), opened for writing too if `writable`. Media that are not plain host
+    /// files return `None`.
+    fn backing_file(&self, _path: &str, _writable: bool) -> Option<io::Result<File>> {
         None
     }
 }
