@@ -129,6 +129,8 @@ pub enum Ingested {
 pub struct Changes {
     pub dirs: Vec<String>,
     pub added: Vec<String>,
+    /// Medium directories removed because deletes left them empty.
+    pub removed: Vec<String>,
 }
 
 /// Per-directory allocation state: how many entries, and the highest number used per prefix.
@@ -1112,6 +1114,7 @@ impl Live {
                 }
                 let up = d.rsplit_once('/').map(|x| x.0).unwrap_or("").to_string();
                 self.changed(up.clone());
+                self.changes.lock().removed.push(d.clone());
                 if up.is_empty() {
                     break;
                 }

@@ -379,6 +379,12 @@ impl Vfs {
                 }
             }
         }
+        for d in &changes.removed {
+            let (up, name) = d.rsplit_once('/').unwrap_or(("", d));
+            if let Some(&p) = nodes.by_path.get(up) {
+                nodes.gone.insert((p, name.into()));
+            }
+        }
         for fid in &changes.added {
             let shown = fid.replace('\\', "/");
             nodes.native(&fileset::medium_path(fid, spelling), &shown, Kind::File);
@@ -859,5 +865,24 @@ fn build_alt(nodes: &mut Nodes, d: &DicomDir, root: u64) {
             listing: Arc::new(listing),
         };
     }
-    dir(nodes, d, &d.roots, 0, root)
+    dir(nodes, d, &d.roots, 0, root);
+    // Directories of records that went away: empty, their names noted as gone.
+    let stale: Vec<(u32, u64)> = nodes
+        .alt
+        .iter()
+        .filter(|(&r, _)| !d.records[r as usize].in_use)
+        .map(|(&r, &i)| (r, i))
+        .collect();
+    for (r, ino) in stale {
+        if let Data::Virtual { listing } = &nodes.nodes[ino as usize - 1].data {
+            let names: Vec<Box<str>> = listing.entries.iter().map(|e| e.0.clone()).collect();
+            for n in names {
+                nodes.gone.insert((ino, n));
+            }
+        }
+        nodes.nodes[ino as usize - 1].data = Data::Virtual {
+            listing: Arc::new(Listing::default()),
+        };
+        nodes.alt.remove(&r);
+    }
 }

@@ -525,7 +525,8 @@ impl Vfs {
         let ino = match self.find(parent, name) {
             Ok(i) => i,
             Err(e) => {
-                // An alternate-view directory goes away with its last instance.
+                // A directory goes away with its last instance (alternate view) or when the
+                // deletes in it are written (native view).
                 let gone = self.nodes.read().gone.contains(&(parent, name.into()));
                 return if gone { Ok(()) } else { Err(e) };
             }
