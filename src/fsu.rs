@@ -40,6 +40,9 @@ pub const DIR_CAP: usize = 2000;
 /// The root directory gets at most this many (a FAT12/16 root holds 512 entries in all).
 pub const ROOT_CAP: usize = 400;
 
+/// The largest instance dicomfs transcodes (it is transcoded in memory).
+const MAX_TRANSCODE: u64 = 1 << 30;
+
 /// Which transfer syntaxes copied-in instances may have (PS3.11 application profiles).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Profile {
@@ -604,7 +607,9 @@ impl Live {
         let ts = meta.transfer_syntax.as_str();
         let transcodable = [dicom::IMPLICIT_LE, dicom::EXPLICIT_BE, dicom::DEFLATED_LE];
         let mut size = size;
-        if !self.profile.allows(ts) && !meta.transfer_syntax.is_empty() {
+        // Deflated data sets cannot be indexed in place: always inflated.
+        let deflated = ts == dicom::DEFLATED_LE;
+        if (!self.profile.allows(ts) || deflated) && !meta.transfer_syntax.is_empty() {
             if !transcodable.contains(&ts) {
                 return Err(Self::reject(
                     name,
@@ -615,8 +620,10 @@ impl Live {
                     ),
                 ));
             }
-            if self.profile.syntaxes.is_some() {
-                let bytes = fileset::read_file(m, staged, u64::MAX)?;
+            if self.profile.syntaxes.is_some() || deflated {
+                let bytes = fileset::read_file(m, staged, MAX_TRANSCODE).map_err(|e| {
+                    Self::reject(name, libc::EFBIG, format!("cannot transcode {ts}: {e}"))
+                })?;
                 let out = dataset::transcode_to_explicit_le(&bytes).map_err(|e| {
                     Self::reject(name, libc::EINVAL, format!("cannot transcode {ts}: {e}"))
                 })?;
