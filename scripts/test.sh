@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the test tools dicomfs needs (the oracles in ../shared/oracles: dcmtk, dicom3tools,
 # dcm2niix, pydicom, ...) and runs every test: format, lints, unit tests, real-mount tests,
-# man page lint and a short fuzz run of the DICOMDIR parser.
+# man page lint and short fuzz runs of the DICOMDIR parser and the instance reader.
 # Needs root and /dev/fuse for the mount tests.  SKIP_INSTALL=1 skips the install step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +29,7 @@ if ls man/*.[1-8] >/dev/null 2>&1; then
     out=$(mandoc -T lint -W warning man/*.[1-8] 2>&1 || true)
     if [ -n "$out" ]; then echo "$out"; exit 1; fi
 fi
-echo "== fuzz smoke run of the DICOMDIR parser"
+echo "== fuzz smoke runs of the DICOMDIR parser and the instance reader/transcoder"
 if [ "${SKIP_FUZZ:-0}" != 1 ]; then
     command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
     # Only a stable toolchain exists here: RUSTC_BOOTSTRAP lets cargo-fuzz use its nightly flags.
@@ -38,6 +38,10 @@ if [ "${SKIP_FUZZ:-0}" != 1 ]; then
     RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir tests/fuzz dicomdir \
         tests/fuzz/corpus/dicomdir tests/fuzz/seeds/dicomdir -- \
         -dict=tests/fuzz/dicomdir.dict -malloc_limit_mb=64 -max_total_time="${FUZZ_SECONDS:-30}"
+    mkdir -p tests/fuzz/corpus/instance
+    RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir tests/fuzz instance \
+        tests/fuzz/corpus/instance tests/fuzz/seeds/instance -- \
+        -malloc_limit_mb=64 -max_total_time="${FUZZ_SECONDS:-30}"
 fi
 echo "== cargo test (unit tests, then tests that really mount)"
 log=$(mktemp)
