@@ -178,6 +178,10 @@ pub struct Live {
     next_stage: AtomicU64,
     /// The staging directory exists.
     staging: std::sync::atomic::AtomicBool,
+    /// Held while the staging directory is made, used or removed.
+    staging_lock: Mutex<()>,
+    /// When a file was last staged.
+    last_staged: Mutex<Instant>,
 }
 
 /// A file on a medium as [`ReadAt`].
@@ -478,6 +482,8 @@ impl Live {
             changes: Mutex::new(Changes::default()),
             next_stage: AtomicU64::new(1),
             staging: Default::default(),
+            staging_lock: Mutex::new(()),
+            last_staged: Mutex::new(Instant::now()),
         };
         if writable {
             if live.medium.stat(STAGING).is_ok() {
@@ -529,6 +535,7 @@ impl Live {
     /// Make the staging directory (on the first write of a session, so that a writable mount
     /// that is only read leaves the medium untouched).
     fn staging_dir(&self) -> Result<()> {
+        *self.last_staged.lock() = Instant::now();
         if self.staging.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -543,6 +550,7 @@ impl Live {
 
     /// A new staging file name (a medium path), created empty.
     pub fn stage(&self) -> Result<String> {
+        let _g = self.staging_lock.lock();
         self.staging_dir()?;
         loop {
             let n = self.next_stage.fetch_add(1, Ordering::Relaxed);
@@ -881,6 +889,7 @@ impl Live {
     /// them durable, rename over the old one.
     fn replace_dicomdir(&self, st: &State, bytes: &[u8]) -> Result<()> {
         let m = &*self.medium;
+        let _g = self.staging_lock.lock();
         self.staging_dir()?;
         let tmp = format!("{STAGING}/DICOMDIR");
         let _ = m.remove(&tmp);
@@ -1135,6 +1144,25 @@ impl Live {
         Ok(())
     }
 
+    /// When idle (nothing staged or pending for a while), remove the empty staging directory,
+    /// so the medium is clean even before the unmount finishes.
+    pub fn tidy(&self, idle: Duration) {
+        if !self.staging.load(Ordering::Acquire) || self.last_staged.lock().elapsed() < idle {
+            return;
+        }
+        let st = self.state.write();
+        if !st.pending_files.is_empty() {
+            return;
+        }
+        let _g = self.staging_lock.lock();
+        let m = &*self.medium;
+        if m.list(STAGING).is_ok_and(|l| l.is_empty()) && m.rmdir(STAGING).is_ok() {
+            self.staging.store(false, Ordering::Release);
+            let _ = m.sync(None);
+        }
+        drop(st);
+    }
+
     /// Make everything written so far durable.
     pub fn sync(&self) -> Result<()> {
         if self.writable {
@@ -1314,6 +1342,8 @@ pub fn repair(arc: &Arc<dyn Medium>, profile: &Profile) -> Result<Vec<String>> {
         changes: Mutex::new(Changes::default()),
         next_stage: AtomicU64::new(1),
         staging: Default::default(),
+        staging_lock: Mutex::new(()),
+        last_staged: Mutex::new(Instant::now()),
     };
     {
         let st = live.state.get_mut();
@@ -1438,6 +1468,7 @@ pub fn spawn_committer(live: &Arc<Live>) {
                 e.log();
             }
         }
+        l.tidy(Duration::from_millis(500));
     });
 }
 

@@ -451,6 +451,17 @@ impl Vfs {
                 };
                 Ok(self.attr_of(ino, node, at(size, s.mtime)))
             }
+            Data::Ghost {
+                target: Some(t),
+                mtime,
+                ..
+            } => {
+                // The file it became: its size, with the times given to this name.
+                let (t, mtime) = (*t, *mtime);
+                drop(nodes);
+                let a = self.getattr(t)?;
+                Ok(Attr { ino, mtime, ..a })
+            }
             Data::Ghost { size, mtime, .. } => Ok(self.attr_of(ino, node, at(*size, *mtime))),
             Data::StagingDir { mtime } => Ok(self.attr_of(ino, node, at(0, *mtime))),
             Data::Native { stat: Some(st), .. } => Ok(self.attr_of(ino, node, *st)),

@@ -390,10 +390,6 @@ impl Vfs {
             {
                 *listing = None;
             }
-            // The ghost is not needed: the real entry answers lookups.
-            if let Some(m) = nodes.overlay.get_mut(&parent) {
-                m.remove(&*name);
-            }
         }
         Ok(())
     }
@@ -627,15 +623,12 @@ impl Vfs {
         }
         drop(nodes);
         // Onto an existing real entry: a ghost or a dropped file just goes away.
-        let onto_real = self
-            .listing(newparent)?
-            .and_then(|l| l.get(newname, false))
-            .is_some();
+        let onto_real = self.listing(newparent)?.and_then(|l| l.get(newname, false));
         let mut nodes = self.nodes.write();
         if let Some(m) = nodes.overlay.get_mut(&parent) {
             m.remove(name);
         }
-        if onto_real {
+        if let Some(real) = onto_real {
             let staged = matches!(nodes.get(ino)?.data, Data::Staged(_));
             if staged {
                 nodes
@@ -644,6 +637,16 @@ impl Vfs {
                     .or_default()
                     .insert(name.into(), ino);
                 return Err(errno(newname, libc::EEXIST, "exists"));
+            }
+            // The kernel now takes the new name for this inode until it looks it up again:
+            // let the inode stand for the real file (rsync renames onto File IDs it wrote, and
+            // onto the DICOMDIR of a File-set it copies).
+            if let Ok(Node {
+                data: Data::Ghost { target, .. },
+                ..
+            }) = nodes.get_mut(ino)
+            {
+                *target = Some(real);
             }
             return Ok(());
         }

@@ -88,6 +88,39 @@ impl Drop for Mount {
         if !ok {
             let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
         }
+        // umount returns before the daemon has finished (written pending deletes, removed its
+        // staging directory): wait for it to exit, so the medium is final.
+        wait_daemon_gone(&self.mnt);
+    }
+}
+
+/// Wait (up to 20 s) until no `dicomfs mount ... MNT` process is left.
+pub fn wait_daemon_gone(mnt: &Path) {
+    let want = mnt.to_string_lossy().to_string();
+    let alive = || {
+        std::fs::read_dir("/proc")
+            .map(|d| {
+                d.flatten().any(|e| {
+                    std::fs::read(e.path().join("cmdline"))
+                        .map(|c| {
+                            let args: Vec<String> = c
+                                .split(|&b| b == 0)
+                                .map(|a| String::from_utf8_lossy(a).to_string())
+                                .collect();
+                            args.iter().any(|a| a == "mount")
+                                && args.last().is_some_and(|a| a.is_empty())
+                                && args.iter().rev().nth(1).is_some_and(|a| *a == want)
+                        })
+                        .unwrap_or(false)
+                })
+            })
+            .unwrap_or(false)
+    };
+    for _ in 0..400 {
+        if !alive() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 
