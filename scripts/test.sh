@@ -17,6 +17,13 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
         echo "== installing the test tools (../shared/oracles/install_oracles.sh)"
         bash "$oracles/install_oracles.sh"
     fi
+    # strace injects a kill -9 at an exact write of the daemon (tests/crash.rs).
+    command -v strace >/dev/null 2>&1 || {
+        echo "== installing strace"
+        apt-get install -y -q strace >/dev/null 2>&1 ||
+            (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q strace >/dev/null 2>&1) ||
+            echo "strace could not be installed: the strace crash test will be skipped"
+    }
 fi
 [ -e /dev/fuse ] || { echo "no /dev/fuse: the mount tests cannot run" >&2; exit 1; }
 

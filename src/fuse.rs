@@ -67,6 +67,21 @@ impl FuseFs {
         }
     }
 
+    /// A handle for writing, registered before the kernel hears of it: its flush and release
+    /// may come on other threads as soon as the reply is sent.
+    fn new_writer(&self) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.writers.lock().insert(fh, None);
+        fh
+    }
+
+    /// Keep a handle's backing file open until its release (unless that came already).
+    fn keep_backing(&self, fh: u64, id: Option<BackingId>) {
+        if let Some(slot) = self.writers.lock().get_mut(&fh) {
+            *slot = id;
+        }
+    }
+
     /// A writable backing file for a file being copied in, so the kernel writes its bytes
     /// straight to the staged file (FUSE passthrough); `None` to take writes in the daemon.
     fn write_backing(
@@ -189,20 +204,13 @@ impl Filesystem for FuseFs {
             if let Err(e) = self.vfs.open_write(ino.0, flags.0 & libc::O_TRUNC != 0) {
                 return reply.error(errno(&e));
             }
-            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+            let fh = self.new_writer();
             let id = self.write_backing(ino.0, |f| reply.open_backing(f));
-            let r = match &id {
-                Some(id) => {
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
-                    None
-                }
-                None => Some(reply),
-            };
-            self.writers.lock().insert(fh, id);
-            if let Some(reply) = r {
-                reply.opened(FileHandle(fh), FopenFlags::empty());
+            match &id {
+                Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id),
+                None => reply.opened(FileHandle(fh), FopenFlags::empty()),
             }
-            return;
+            return self.keep_backing(fh, id);
         }
         let path = match self.vfs.file_path(ino.0) {
             Ok(p) => p,
@@ -495,7 +503,7 @@ impl Filesystem for FuseFs {
         };
         match self.vfs.create(parent.0, name) {
             Ok(a) => {
-                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                let fh = self.new_writer();
                 let id = self.write_backing(a.ino, |f| reply.open_backing(f));
                 match &id {
                     Some(id) => reply.created_passthrough(
@@ -514,7 +522,7 @@ impl Filesystem for FuseFs {
                         FopenFlags::empty(),
                     ),
                 }
-                self.writers.lock().insert(fh, id);
+                self.keep_backing(fh, id);
             }
             Err(e) => reply.error(errno(&e)),
         }
