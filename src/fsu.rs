@@ -689,7 +689,23 @@ impl Live {
         if !matches!(r, Ok(Ingested::Added(_))) {
             let _ = self.medium.remove(staged);
         }
-        r
+        // Leave no staging directory behind when no other copy is under way.
+        self.tidy(Duration::ZERO);
+        match r {
+            Err(e) if e.errno() == libc::EINVAL && self.full() => Err(Self::reject(
+                name,
+                libc::ENOSPC,
+                "No space left on device: the medium is full; the copy was cut short and nothing of it was kept",
+            )),
+            r => r,
+        }
+    }
+
+    /// Is the medium (nearly) full? A copy cut short by a full medium reads as truncated.
+    fn full(&self) -> bool {
+        self.medium
+            .statfs()
+            .is_ok_and(|s| s.blocks_avail.saturating_mul(s.block_size as u64) < (1 << 20))
     }
 
     fn ingest_inner(&self, staged: &str, name: &str, want: Option<&str>) -> Result<Ingested> {
@@ -1031,24 +1047,17 @@ impl Live {
         let Some(&i) = st.by_file.get(fid) else {
             return Err(Error::NotFound { path: fid.into() });
         };
+        // A delete on its own (`rm FILE`) is written before it returns, so it is on the
+        // medium when `umount` returns; one that follows others within 200 ms joins their
+        // batch (`rm -r`: written at its rmdir, or 100 ms after the last delete).
+        let alone = st
+            .last_delete
+            .is_none_or(|t| t.elapsed() > Duration::from_millis(200));
         self.detach(&mut st, i);
-        Ok(())
-    }
-
-    /// Delete the instance with this leaf record index.
-    pub fn delete_record(&self, i: u32) -> Result<()> {
-        if !self.writable {
-            return Err(Error::ReadOnly {
-                path: format!("record {i}"),
-            });
+        drop(st);
+        if alone {
+            self.commit()?;
         }
-        let mut st = self.state.write();
-        if !st.dir.records.get(i as usize).is_some_and(|r| r.in_use) {
-            return Err(Error::NotFound {
-                path: format!("record {i}"),
-            });
-        }
-        self.detach(&mut st, i);
         Ok(())
     }
 
@@ -1158,7 +1167,6 @@ impl Live {
         let m = &*self.medium;
         if m.list(STAGING).is_ok_and(|l| l.is_empty()) && m.rmdir(STAGING).is_ok() {
             self.staging.store(false, Ordering::Release);
-            let _ = m.sync(None);
         }
         drop(st);
     }

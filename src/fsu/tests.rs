@@ -135,8 +135,9 @@ fn deletes_rewrite_once_and_remove_empty_records_and_directories() {
     for f in fids.iter().take(4) {
         l.delete(f).unwrap();
     }
-    // Nothing is written before the commit.
-    assert!(d.join(fids[0].replace('\\', "/")).exists());
+    // A delete on its own is written at once; the ones right after it wait for the commit.
+    assert!(!d.join(fids[0].replace('\\', "/")).exists());
+    assert!(d.join(fids[1].replace('\\', "/")).exists());
     l.commit().unwrap();
     let dir = assert_canonical(&d);
     assert_eq!(referenced(&dir).len(), all.len() - 4);
@@ -192,6 +193,7 @@ fn repair_after_simulated_crashes() {
     )
     .unwrap();
     // 3. A staged copy that never finished.
+    std::fs::create_dir_all(d.join(STAGING)).unwrap();
     std::fs::write(d.join(STAGING).join("00000099"), b"partial").unwrap();
     // 4. A referenced file gone.
     std::fs::remove_file(d.join(fids[1].replace('\\', "/"))).unwrap();

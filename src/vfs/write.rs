@@ -238,11 +238,22 @@ impl Vfs {
                 });
                 Ok(())
             }
-            Data::Ghost { .. } => Err(errno(
-                &format!("inode {ino}"),
-                libc::EPERM,
-                "a copied-in instance cannot be modified; copy it again (truncating) or delete it",
-            )),
+            Data::Ghost { .. } => {
+                let name = nodes
+                    .overlay
+                    .values()
+                    .find_map(|m| {
+                        m.iter()
+                            .find(|(_, &c)| c == ino)
+                            .map(|(n, _)| n.to_string())
+                    })
+                    .unwrap_or_else(|| format!("inode {ino}"));
+                Err(errno(
+                    &name,
+                    libc::EPERM,
+                    "a copied-in instance cannot be modified; copy it again (truncating) or delete it",
+                ))
+            }
             Data::Native { shown, .. } => Err(errno(
                 shown,
                 libc::EPERM,
@@ -346,8 +357,7 @@ impl Vfs {
                 None
             }
             Err(e) => {
-                e.log();
-                // The name goes away: nothing was stored.
+                // (Logged by whoever answers the close.) The name goes away: nothing stored.
                 let mut nodes = self.nodes.write();
                 if let Some(m) = nodes.overlay.get_mut(&parent) {
                     if m.get(&*name) == Some(&ino) {
