@@ -4,15 +4,29 @@
 #   scripts/bench.sh              full size (1 GiB file, ~10,000 x 513 KiB files, ~100,000 records)
 #   QUICK=1 scripts/bench.sh      small sizes, one repetition: a smoke run
 #
+# Sections 1-4 measure reads and metadata on read-only mounts (`-o ro`). Section 5, "Copy-in and
+# delete", measures writes on read-write mounts: `cp -r` into a new File-set against `cp -r` into a
+# directory, adding and deleting one instance at ~100,000 records (against `dcmmkdir +A` and
+# pydicom's FileSet), and `dicomfs rebuild` against `dcmmkdir +r`.
+#
 # Environment:
 #   BENCH_DIR    work directory for data sets and mount points (default /var/tmp/dicomfs-bench);
 #                data sets are kept there and reused by later runs with the same sizes
 #   BENCH_REGEN  1: regenerate the data sets even if they exist
 #   REPS         repetitions of each measurement (default 5, QUICK: 1); the median is reported,
 #                with the range (slowest-fastest) in parentheses
+#                (section 5: REPS runs of cp -r and of the rebuilds; N_ADD adds, N_DEL deletes and
+#                DCMTK_REPS dcmmkdir +A runs, set below; pydicom runs once)
+#   BENCH_KEEP_GOING  1: a result that fails its check (e.g. fewer instances in the DICOMDIR than
+#                were copied in) is listed under the report instead of stopping the run; the exit
+#                status is then 1
+#   BENCH_KEEP   1: keep the scratch copies of section 5 ($BENCH_DIR/w-*) at exit
 #
 # Needs root (drops the page cache with /proc/sys/vm/drop_caches, mounts), /dev/fuse, cargo.
-# Optional: dcmdump (dcmtk) and /usr/bin/time for the DICOMDIR reference row.
+# Optional: dcmdump (dcmtk) and /usr/bin/time for the DICOMDIR reference row; dcmmkdir (dcmtk) and
+# python3 with pydicom for the reference rows of section 5.
+# Disk: the data sets (~5.3 GiB at full size) plus ~10.5 GiB of scratch copies for section 5, which
+# are removed at the end of the run.
 #
 # Every figure is compared with the backing directory measured in the same run, the variants
 # alternating and their order rotating from one repetition to the next, because absolute numbers
@@ -33,16 +47,31 @@ if [[ $QUICK == 1 ]]; then
     BIG_MB=64
     FILES_ARGS=(--patients 2 --studies 1 --series 2 --instances 50 --rows 512 --cols 512)
     META_ARGS=(--patients 10 --studies 2 --series 5 --instances 99)
+    # 2 + 4 + 20 + 1,980 = 2,006 records
+    PY_ARGS=(--patients 2 --studies 2 --series 5 --instances 99)
+    N_ADD=3       # instances added one by one to the META File-set
+    N_DEL=3       # of those, deleted one by one
+    DCMTK_REPS=3  # dcmmkdir +A runs
 else
     REPS=${REPS:-5}
     BIG_MB=1024
     FILES_ARGS=(--patients 10 --studies 1 --series 5 --instances 200 --rows 512 --cols 512)
     # 100 + 200 + 1,000 + 99,000 = 100,300 records
     META_ARGS=(--patients 100 --studies 2 --series 5 --instances 99)
+    # 20 + 40 + 200 + 19,800 = 20,060 records, with (small) instance files: pydicom's FileSet.write
+    # moves every file of the File-set into its own layout, so they must exist
+    PY_ARGS=(--patients 20 --studies 2 --series 5 --instances 99)
+    N_ADD=20
+    N_DEL=10
+    DCMTK_REPS=3
 fi
+PY_TIMEOUT=${PY_TIMEOUT:-120} # seconds; pydicom runs once and is stopped after this
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# A command that fails under set -e names itself before the script exits.
+set -E
+trap 'rc=$?; log "error: line $LINENO${FUNCNAME:+ (in ${FUNCNAME[*]})}: $BASH_COMMAND exited with $rc"' ERR
 
 [[ $(id -u) == 0 ]] || die "run as root (drop_caches and mounts need it)"
 [[ -c /dev/fuse ]] || die "/dev/fuse is missing"
@@ -66,33 +95,56 @@ daemon_pid() { # MOUNTPOINT -> pid of the daemon serving it (the newest dicomfs 
     pgrep -n -f -- "dicomfs mount .* $1\$" || true
 }
 
-bench_umount() { # MOUNTPOINT: unmount and wait until the daemon has exited
-    local m=$1 pid i
+UMOUNT_PID= # set by bench_umount: the daemon it waited for, if any
+bench_umount() { # MOUNTPOINT [SECONDS]: unmount and wait (by default up to 5 s) until the daemon has exited
+    local m=$1 wait=${2:-5} pid i
+    UMOUNT_PID=
     mountpoint -q "$m" || return 0
     pid=$(daemon_pid "$m")
+    UMOUNT_PID=$pid
     umount "$m" || umount -l "$m"
     if [[ -n $pid ]]; then
-        for ((i = 0; i < 100; i++)); do
+        for ((i = 0; i < wait * 20; i++)); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.05
         done
     fi
 }
 
-bench_mount() { # SOURCE [mount args...]: mount SOURCE on $MNT (unmounting what was there)
+# A read-write daemon writes pending deletes and removes its staging directory after the kernel
+# has let go of the mount: wait for it before looking at the File-set.
+bench_umount_rw() { # MOUNTPOINT
+    bench_umount "$1" 120
+    if [[ -n $UMOUNT_PID ]] && kill -0 "$UMOUNT_PID" 2>/dev/null; then
+        die "the daemon serving $1 (pid $UMOUNT_PID) has not exited 120 s after umount"
+    fi
+}
+
+bench_mount() { # SOURCE [mount args...]: mount SOURCE read-only on $MNT (unmounting what was there)
     local src=$1
     shift
     bench_umount "$MNT"
     mkdir -p "$MNT"
-    "$BIN" mount "$@" "$src" "$MNT"
+    "$BIN" mount -o ro "$@" "$src" "$MNT"
+}
+
+bench_mount_rw() { # SOURCE: mount SOURCE read-write (the default) on $MNT, logging to $W/mount-rw.log
+    local src=$1
+    bench_umount "$MNT"
+    mkdir -p "$MNT"
+    "$BIN" mount --log-file "$W/mount-rw.log" "$src" "$MNT"
 }
 
 cleanup() {
     local rc=$?
-    trap - EXIT INT TERM
+    trap - EXIT INT TERM ERR
     if mountpoint -q "$MNT" 2>/dev/null; then
         log "unmounting $MNT"
-        bench_umount "$MNT" || umount -l "$MNT" || true
+        bench_umount "$MNT" 30 || umount -l "$MNT" || true
+    fi
+    # Scratch copies of section 5 (up to ~10 GiB); BENCH_KEEP=1 keeps them for a look after a failure.
+    if [[ ${BENCH_KEEP:-0} != 1 ]]; then
+        rm -rf "${W:?}"/w-*
     fi
     exit "$rc"
 }
@@ -170,10 +222,16 @@ make_set() {
 BIG=$BIG_MB make_set seq --patients 1 --studies 1 --series 1 --instances 3 --no-documents
 make_set files "${FILES_ARGS[@]}" --no-documents
 make_set meta "${META_ARGS[@]}" --no-files --no-documents
+# Section 5: new instances (another seed: new UIDs) to add one by one, and a File-set with instance
+# files for pydicom.
+make_set new --seed 2 --patients 1 --studies 1 --series 1 --instances "$N_ADD" --rows 512 --cols 512 --no-documents
+make_set pyfs "${PY_ARGS[@]}" --no-documents
 
 ROWS=()      # throughput table rows
 MROWS=()     # mount / memory table rows
-row() { ROWS+=("| $1 | $2 | $3 | $4 | $5 |"); }
+CROWS=()     # copy-in and delete table rows
+TABLE=ROWS   # the table row() adds to
+row() { local -n _t=$TABLE; _t+=("| $1 | $2 | $3 | $4 | $5 |"); }
 
 # cmp_row LABEL UNIT NATIVE_COUNT MOUNT_COUNT TARGET NATIVE_US... -- MOUNT_US... : one row from
 # the medians; the rates are COUNT per second, the ratio is mount rate / native rate.
@@ -303,9 +361,9 @@ status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 for ((i = 0; i < REPS; i++)); do
     bench_umount "$MNT"
     drop_caches
-    timeit "$BIN" mount --view both "$META" "$MNT"; cold+=("$T_US")
+    timeit "$BIN" mount -o ro --view both "$META" "$MNT"; cold+=("$T_US")
     bench_umount "$MNT"
-    timeit "$BIN" mount --view both "$META" "$MNT"; warm+=("$T_US")
+    timeit "$BIN" mount -o ro --view both "$META" "$MNT"; warm+=("$T_US")
     pid=$(daemon_pid "$MNT")
     [[ -n $pid ]] || die "no daemon found for $MNT"
     timeit sh -c "ls '$MNT/by-patient' | wc -l >/dev/null"; ls_us+=("$T_US")
@@ -346,6 +404,285 @@ else
     log "dcmdump or /usr/bin/time missing: no dcmdump reference row"
 fi
 
+# --- 5. copy-in and delete ----------------------------------------------------------------------------
+# Read-write mounts (the default mode). Scratch copies are made under $W/w-* and removed at exit.
+TABLE=CROWS
+NOTES=() # problems seen on the way that do not stop the run; printed under the table
+
+# A result that fails its check stops the run, unless BENCH_KEEP_GOING=1: then the failure is listed
+# under the table and the script exits with status 1 after the report.
+CHECK_FAILED=0
+check_fail() {
+    if [[ ${BENCH_KEEP_GOING:-0} == 1 ]]; then
+        log "CHECK FAILED: $*"
+        NOTES+=("**Check failed:** $*")
+        CHECK_FAILED=1
+    else
+        die "$* (BENCH_KEEP_GOING=1 lists this in the report and goes on)"
+    fi
+}
+
+# count_instances DIR -> number of instance records in DIR/DICOMDIR (per `dicomfs ls`)
+count_instances() { { "$BIN" ls "$1" 2>/dev/null || true; } | grep -c '\.dcm' || true; }
+
+msf() { awk -v us="$1" 'BEGIN { x = us / 1000; if (x >= 100) printf "%.0f", x; else printf "%.1f", x }'; }
+secs() { awk -v us="$1" 'BEGIN { x = us / 1e6; if (x >= 100) printf "%.0f", x; else printf "%.2f", x }'; }
+# trange FORMAT US... -> " (fastest–slowest)" as times, or nothing for a single sample
+trange() {
+    local f=$1
+    shift
+    (($# > 1)) || return 0
+    local lo hi
+    lo=$(printf '%s\n' "$@" | sort -n | head -n 1)
+    hi=$(printf '%s\n' "$@" | sort -n | tail -n 1)
+    printf ' (%s–%s)' "$($f "$lo")" "$($f "$hi")"
+}
+xratio() { awk -v a="$1" -v b="$2" 'BEGIN { r = a / b; if (r >= 100) printf "%.0f", r; else if (r >= 10) printf "%.1f", r; else printf "%.2f", r }'; }
+
+# lat_row LABEL FORMAT UNIT TARGET_US TARGET_TEXT REF_US... -- DICOMFS_US... : one row from the
+# median times; the ratio is reference time / dicomfs time (above 1: dicomfs is faster). No REF_US
+# leaves the reference and ratio cells empty; TARGET_US "" means no target.
+lat_row() {
+    local label=$1 f=$2 unit=$3 target=$4 ttext=$5
+    shift 5
+    local ref=() d=()
+    while [[ $1 != -- ]]; do ref+=("$1"); shift; done
+    shift
+    d=("$@")
+    local dm rm_ refcell="—" rcell="—" ok=""
+    dm=$(median "${d[@]}")
+    if ((${#ref[@]} > 0)); then
+        rm_=$(median "${ref[@]}")
+        refcell="$($f "$rm_") $unit$(trange "$f" "${ref[@]}")"
+        rcell="$(xratio "$rm_" "$dm")x"
+    fi
+    [[ -z $target ]] || ok="$ttext: $(met "$dm" "$target")"
+    row "$label" "$refcell" "$($f "$dm") $unit$(trange "$f" "${d[@]}")" "$rcell" "$ok"
+    log "$label: reference $refcell, dicomfs $($f "$dm") $unit, ratio $rcell"
+    log "  samples (ms): reference $(for x in "${ref[@]}"; do msf "$x"; echo -n ' '; done)| dicomfs $(for x in "${d[@]}"; do msf "$x"; echo -n ' '; done)"
+}
+
+# sync FILE opens FILE read-only and fsyncs it (coreutils >= 8.24): the fsync of a directory the
+# deletes need, without an interpreter's start-up time.
+sync "$W" 2>/dev/null || die "sync(1) cannot fsync a directory (coreutils >= 8.24 needed)"
+HAVE_DCMMKDIR=0
+if command -v dcmmkdir >/dev/null; then HAVE_DCMMKDIR=1; else log "dcmmkdir missing: no DCMTK reference rows"; fi
+HAVE_PYDICOM=0
+if python3 -c 'import pydicom.fileset' 2>/dev/null; then HAVE_PYDICOM=1; else log "python3 with pydicom missing: no pydicom reference row"; fi
+rm -rf "${W:?}"/w-*
+
+# --- 5a. cp -r into a new File-set ---
+SRC_DIRS=()
+for d in "$FILES"/*/; do SRC_DIRS+=("${d%/}"); done
+NSRC=$(find "${SRC_DIRS[@]}" -type f | wc -l)
+SRC_MIB=$(find "${SRC_DIRS[@]}" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s / 1048576}')
+n=$(count_instances "$FILES")
+[[ $n == "$NSRC" ]] || die "$FILES: the DICOMDIR references $n instances, the patient directories hold $NSRC files"
+CPFS=$W/w-cp-fileset # new File-set, mounted
+CPDIR=$W/w-cp-dir     # plain directory
+log "5a. cp -r of ${#SRC_DIRS[@]} patient directories ($NSRC files, $SRC_MIB MiB) into a new File-set and into a directory, $REPS reps"
+cpn=() cpns=() cpm=() cpms=() cpu=()
+cp_warm() { read_tree "$FILES"; sync; } # the source in the page cache, nothing dirty left
+cp_native() {
+    local t0 t1 t2
+    rm -rf "$CPDIR"
+    mkdir -p "$CPDIR"
+    cp_warm
+    t0=$(date +%s%N)
+    cp -r "${SRC_DIRS[@]}" "$CPDIR"/
+    t1=$(date +%s%N)
+    sync
+    t2=$(date +%s%N)
+    cpn+=($(((t1 - t0) / 1000)))
+    cpns+=($(((t2 - t0) / 1000)))
+}
+cp_mount() {
+    local t0 t1 t2 n
+    bench_umount "$MNT"
+    rm -rf "$CPFS"
+    mkdir -p "$CPFS"
+    "$BIN" init "$CPFS" >/dev/null
+    bench_mount_rw "$CPFS"
+    cp_warm
+    t0=$(date +%s%N)
+    cp -r "${SRC_DIRS[@]}" "$MNT"/
+    t1=$(date +%s%N)
+    sync
+    t2=$(date +%s%N)
+    cpm+=($(((t1 - t0) / 1000)))
+    cpms+=($(((t2 - t0) / 1000)))
+    timeit bench_umount_rw "$MNT"; cpu+=("$T_US")
+    n=$(count_instances "$CPFS")
+    [[ $n == "$NSRC" ]] || check_fail "after \`cp -r\` of $NSRC files into the mount (exit status 0) and umount, the DICOMDIR references $n instances (run $((${#cpm[@]})))"
+    if [[ -e $CPFS/DICOMFS.TMP ]]; then
+        NOTES+=("After \`cp -r\` and a clean umount, \`$CPFS/DICOMFS.TMP\` was still there.")
+        log "warning: $CPFS/DICOMFS.TMP left after a clean umount"
+    fi
+}
+for ((i = 0; i < REPS; i++)); do rotate "$i" cp_native cp_mount; done
+cmp_row "\`cp -r\` of $NSRC files of ~$FAVG_KIB KiB ($SRC_MIB MiB) into a new File-set (\`dicomfs init\` + mount) vs into a directory, source in the page cache: until \`cp\` returns" files/s "$NSRC" "$NSRC" 0.7 "${cpn[@]}" -- "${cpm[@]}"
+cmp_row "… same, \`cp -r\` + \`sync\`" files/s "$NSRC" "$NSRC" 0.7 "${cpns[@]}" -- "${cpms[@]}"
+lat_row "… then \`umount\` of the File-set until the daemon has exited" secs s "" "" -- "${cpu[@]}"
+rm -rf "$CPFS"
+# The last native copy (the instance files, no DICOMDIR) is the input of 5d.
+RB=$W/w-rebuild
+mv "$CPDIR" "$RB"
+
+# --- 5b. add one instance at ~100,000 records ---
+mapfile -t ADD_FILES < <(find "$W/new" -mindepth 2 -type f | sort)
+((${#ADD_FILES[@]} == N_ADD)) || die "$W/new holds ${#ADD_FILES[@]} instance files, not $N_ADD"
+ADD_KIB=$(stat -c %s "${ADD_FILES[0]}" | awk '{printf "%.0f", $1 / 1024}')
+META_INST=$(count_instances "$META")
+ADDFS=$W/w-add-fileset # a copy of META's DICOMDIR, mounted
+ADDDIR=$W/w-add-dir    # plain directory
+log "5b. adding $N_ADD instances one by one to a File-set of $RECORDS records ($META_INST instances)"
+rm -rf "$ADDFS" "$ADDDIR"
+mkdir -p "$ADDFS" "$ADDDIR"
+cp "$META/DICOMDIR" "$ADDFS/"
+bench_mount_rw "$ADDFS"
+cat "${ADD_FILES[@]}" >/dev/null
+sync
+an=() am=()
+# (idx, not k or i: rotate's locals would shadow those in the functions it calls)
+add_native() { timeit cp "${ADD_FILES[idx]}" "$ADDDIR/x_$idx.dcm"; an+=("$T_US"); }
+add_mount() { timeit cp "${ADD_FILES[idx]}" "$MNT/x_$idx.dcm"; am+=("$T_US"); }
+for ((idx = 0; idx < N_ADD; idx++)); do rotate "$idx" add_native add_mount; done
+
+# --- 5c. delete one instance at ~100,000 records, on the same mount ---
+# META has no instance files, so the files on the medium are the ones just added.
+mapfile -t ADDED < <(find "$ADDFS" -path "$ADDFS/DICOMFS.TMP" -prune -o -type f ! -name DICOMDIR -printf '%P\n' | sort)
+((${#ADDED[@]} == N_ADD)) || check_fail "after $N_ADD \`cp\` into the mount (exit status 0), the File-set directory holds ${#ADDED[@]} instance files"
+((N_DEL <= ${#ADDED[@]})) || die "not enough added instances to delete $N_DEL"
+log "5c. deleting $N_DEL of them one by one (rm + fsync of the mount root)"
+dn=() dm=()
+rm_fsync() { rm "$1" && sync "$2"; } # FILE DIR
+del_native() { timeit rm_fsync "$ADDDIR/x_$idx.dcm" "$ADDDIR"; dn+=("$T_US"); }
+del_mount() {
+    local before after
+    before=$(stat -c '%i %s %.9Y' "$ADDFS/DICOMDIR")
+    timeit rm_fsync "$MNT/${ADDED[idx]}" "$MNT"; dm+=("$T_US")
+    after=$(stat -c '%i %s %.9Y' "$ADDFS/DICOMDIR")
+    [[ ! -e $ADDFS/${ADDED[idx]} ]] || check_fail "$ADDFS/${ADDED[idx]} is still there after \`rm\` of it in the mount"
+    [[ $after != "$before" ]] || check_fail "the DICOMDIR was not rewritten by the time fsync of the mount root returned (\`rm ${ADDED[idx]}\`)"
+}
+for ((idx = 0; idx < N_DEL; idx++)); do rotate "$idx" del_native del_mount; done
+bench_umount_rw "$MNT"
+n=$(count_instances "$ADDFS")
+[[ $n == $((META_INST + ${#ADDED[@]} - N_DEL)) ]] ||
+    check_fail "after ${#ADDED[@]} adds and $N_DEL deletes and umount, the DICOMDIR references $n instances, not $META_INST + ${#ADDED[@]} - $N_DEL"
+if [[ -e $ADDFS/DICOMFS.TMP ]]; then
+    NOTES+=("After the adds and deletes and a clean umount, \`$ADDFS/DICOMFS.TMP\` was still there.")
+    log "warning: $ADDFS/DICOMFS.TMP left after a clean umount"
+fi
+rm -rf "$ADDFS" "$ADDDIR"
+
+# dcmmkdir +A: append one file (placed under a File ID path first) to a copy of the same DICOMDIR.
+dk=()
+if [[ $HAVE_DCMMKDIR == 1 ]]; then
+    DKDIR=$W/w-dcmtk-add
+    log "5b. dcmmkdir +A of one file to a copy of the $RECORDS-record DICOMDIR, $DCMTK_REPS reps"
+    for ((k = 0; k < DCMTK_REPS; k++)); do
+        fid=ADDED/I$(printf %07d $((k + 1)))
+        rm -rf "$DKDIR"
+        mkdir -p "$DKDIR/ADDED"
+        cp "$META/DICOMDIR" "$DKDIR/"
+        cp "${ADD_FILES[k % N_ADD]}" "$DKDIR/$fid"
+        sync
+        timeit sh -c 'cd "$1" && exec dcmmkdir +A +id . +D DICOMDIR "$2" >>"$3" 2>&1' sh "$DKDIR" "$fid" "$W/dcmmkdir.log"
+        dk+=("$T_US")
+        n=$(count_instances "$DKDIR")
+        [[ $n == $((META_INST + 1)) ]] || check_fail "after \`dcmmkdir +A\`, the DICOMDIR references $n instances, not $((META_INST + 1)) (see $W/dcmmkdir.log)"
+    done
+    rm -rf "$DKDIR"
+fi
+
+# pydicom: FileSet(DICOMDIR), add(FILE), write(), on the smaller File-set with files, once.
+PY_CELL="—" PY_RATIO="—" PY_RECORDS=""
+if [[ $HAVE_PYDICOM == 1 ]]; then
+    PYFS=$W/w-pydicom
+    PY_RECORDS=$(sed -n 's/.* \([0-9]*\) records.*/\1/p' "$W/pyfs.demo.txt")
+    PY_INST=$(count_instances "$W/pyfs")
+    log "5b. pydicom FileSet load + add + write on $PY_RECORDS records, once (stopped after $PY_TIMEOUT s)"
+    rm -rf "$PYFS"
+    cp -r "$W/pyfs" "$PYFS"
+    sync
+    PY_RC=0
+    py_add() {
+        timeout "$PY_TIMEOUT" python3 -c '
+import sys
+from pydicom.fileset import FileSet
+fs = FileSet(sys.argv[1])
+fs.add(sys.argv[2])
+fs.write()
+print(len(fs))
+' "$PYFS/DICOMDIR" "${ADD_FILES[0]}" >"$W/pydicom.out" 2>"$W/pydicom.err" || PY_RC=$?
+    }
+    timeit py_add
+    if [[ $PY_RC == 124 ]]; then
+        PY_CELL="> $PY_TIMEOUT s"
+        PY_RATIO="> $(xratio "$((PY_TIMEOUT * 1000000))" "$(median "${am[@]}")")x"
+        log "pydicom: stopped after $PY_TIMEOUT s"
+    elif [[ $PY_RC != 0 ]]; then
+        die "pydicom FileSet add failed with exit status $PY_RC (see $W/pydicom.err)"
+    else
+        [[ $(tail -n 1 "$W/pydicom.out") == $((PY_INST + 1)) ]] ||
+            check_fail "pydicom's File-set holds $(tail -n 1 "$W/pydicom.out") instances after the add, not $((PY_INST + 1))"
+        PY_CELL="$(secs "$T_US") s"
+        PY_RATIO="$(xratio "$T_US" "$(median "${am[@]}")")x"
+        log "pydicom: $(secs "$T_US") s"
+    fi
+    rm -rf "$PYFS"
+fi
+
+lat_row "Add 1 instance of $ADD_KIB KiB (\`cp FILE MNT/x.dcm\`) to a File-set of $RECORDS records, source in the page cache; native: \`cp\` into a directory" msf ms 5000 "< 5 ms" "${an[@]}" -- "${am[@]}"
+if [[ $HAVE_DCMMKDIR == 1 ]]; then
+    lat_row "… reference: \`dcmmkdir +A\` of one file to a copy of the same DICOMDIR" msf ms "" "" "${dk[@]}" -- "${am[@]}"
+fi
+if [[ $HAVE_PYDICOM == 1 ]]; then
+    row "… reference: pydicom \`FileSet\` load + \`add\` + \`write\`, File-set of $PY_RECORDS records (with files), once" "$PY_CELL" "$(msf "$(median "${am[@]}")") ms (at $RECORDS records)" "$PY_RATIO" ""
+fi
+lat_row "Delete 1 instance (\`rm\` + fsync of the mount root) at $RECORDS records; native: \`rm\` + fsync of the directory" msf ms 100000 "< 100 ms" "${dn[@]}" -- "${dm[@]}"
+
+# --- 5d. rebuild a DICOMDIR for the files vs dcmmkdir +r ---
+log "5d. dicomfs rebuild vs dcmmkdir +r over $NSRC files, $REPS reps"
+rbc=() rbw=() dkc=() dkw=()
+rb_check() { # WHO
+    local n
+    n=$(count_instances "$RB")
+    [[ $n == "$NSRC" ]] || check_fail "the DICOMDIR written by $1 references $n instances, not $NSRC"
+}
+rb_dicomfs_run() { "$BIN" rebuild "$RB" >>"$W/rebuild.log" 2>&1; }
+rb_dcmtk_run() { (cd "$RB" && dcmmkdir +r +id . +D DICOMDIR >>"$W/dcmmkdir.log" 2>&1); }
+rb_dicomfs() {
+    rm -f "$RB"/DICOMDIR*
+    drop_caches
+    timeit rb_dicomfs_run; rbc+=("$T_US")
+    rb_check "dicomfs rebuild"
+    rm -f "$RB"/DICOMDIR*
+    sync
+    timeit rb_dicomfs_run; rbw+=("$T_US")
+    rb_check "dicomfs rebuild"
+}
+rb_dcmtk() {
+    rm -f "$RB"/DICOMDIR*
+    drop_caches
+    timeit rb_dcmtk_run; dkc+=("$T_US")
+    rb_check "dcmmkdir +r"
+    rm -f "$RB"/DICOMDIR*
+    sync
+    timeit rb_dcmtk_run; dkw+=("$T_US")
+    rb_check "dcmmkdir +r"
+}
+if [[ $HAVE_DCMMKDIR == 1 ]]; then
+    for ((i = 0; i < REPS; i++)); do rotate "$i" rb_dicomfs rb_dcmtk; done
+else
+    for ((i = 0; i < REPS; i++)); do rb_dicomfs; done
+fi
+lat_row "\`dicomfs rebuild\` of $NSRC files (no DICOMDIR) vs \`dcmmkdir +r +id . +D DICOMDIR\`, cold" secs s "" "" "${dkc[@]}" -- "${rbc[@]}"
+lat_row "… same, warm" secs s "" "" "${dkw[@]}" -- "${rbw[@]}"
+rm -rf "$RB"
+TABLE=ROWS
+
 # --- report ------------------------------------------------------------------------------------------
 {
     echo "Reads and metadata, \`dicomfs mount\` (native view, FUSE passthrough unless noted) against the backing directory in the same run; median of $REPS."
@@ -359,5 +696,19 @@ fi
     echo "| Measurement | Result | Target |"
     echo "|---|---:|---|"
     printf '%s\n' "${MROWS[@]}"
+    echo
+    echo "Copy-in and delete: read-write \`dicomfs mount\` (the default) against a directory on the same file system (native) or DCMTK / pydicom (reference), in the same run. Median of $REPS for \`cp -r\` and rebuild, of $N_ADD adds, $N_DEL deletes and $DCMTK_REPS \`dcmmkdir +A\` runs, with the range in parentheses. The ratio is dicomfs's speed over the native or reference speed (above 1: dicomfs is faster)."
+    echo
+    echo "| Benchmark | Native / reference | dicomfs | Ratio dicomfs/reference | Target |"
+    echo "|---|---:|---:|---:|---|"
+    printf '%s\n' "${CROWS[@]}"
+    if ((${#NOTES[@]} > 0)); then
+        echo
+        printf -- '- %s\n' "${NOTES[@]}"
+    fi
 } | tee "$W/results.md"
 log "report also written to $W/results.md"
+if [[ $CHECK_FAILED == 1 ]]; then
+    log "some checks failed (listed under the last table)"
+    exit 1
+fi
