@@ -95,6 +95,14 @@ daemon_pid() { # MOUNTPOINT -> pid of the daemon serving it (the newest dicomfs 
     pgrep -n -f -- "dicomfs mount .* $1\$" || true
 }
 
+# A daemon that has exited stays a zombie until its parent reaps it; the daemon's parent is init,
+# which here reaps only after a second or more: such a process counts as gone.
+pid_alive() { # PID
+    local st
+    st=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$1/status" 2>/dev/null || true)
+    [[ -n $st && $st != Z ]]
+}
+
 UMOUNT_PID= # set by bench_umount: the daemon it waited for, if any
 bench_umount() { # MOUNTPOINT [SECONDS]: unmount and wait (by default up to 5 s) until the daemon has exited
     local m=$1 wait=${2:-5} pid i
@@ -104,9 +112,9 @@ bench_umount() { # MOUNTPOINT [SECONDS]: unmount and wait (by default up to 5 s)
     UMOUNT_PID=$pid
     umount "$m" || umount -l "$m"
     if [[ -n $pid ]]; then
-        for ((i = 0; i < wait * 20; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.05
+        for ((i = 0; i < wait * 100; i++)); do
+            pid_alive "$pid" || break
+            sleep 0.01
         done
     fi
 }
@@ -115,7 +123,7 @@ bench_umount() { # MOUNTPOINT [SECONDS]: unmount and wait (by default up to 5 s)
 # has let go of the mount: wait for it before looking at the File-set.
 bench_umount_rw() { # MOUNTPOINT
     bench_umount "$1" 120
-    if [[ -n $UMOUNT_PID ]] && kill -0 "$UMOUNT_PID" 2>/dev/null; then
+    if [[ -n $UMOUNT_PID ]] && pid_alive "$UMOUNT_PID"; then
         die "the daemon serving $1 (pid $UMOUNT_PID) has not exited 120 s after umount"
     fi
 }
