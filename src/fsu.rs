@@ -153,6 +153,8 @@ pub struct State {
     pub generation: u64,
     /// The DICOMDIR's bytes as on the medium (writable File-sets only).
     image: Vec<u8>,
+    /// The buffer of the image before, reused by the next rewrite.
+    spare: Vec<u8>,
     /// SOP Instance UID -> leaf record.
     by_sop: HashMap<Box<str>, u32>,
     /// File ID -> record.
@@ -253,6 +255,7 @@ impl State {
             spelling,
             generation: 0,
             image,
+            spare: Vec::new(),
             by_sop: HashMap::new(),
             by_file: HashMap::new(),
             dirs: HashMap::new(),
@@ -504,13 +507,23 @@ impl Live {
 
     /// Re-read the DICOMDIR from the medium into the state.
     fn reload(&mut self) -> Result<()> {
-        let st = self.state.get_mut();
+        let medium = self.medium.clone();
+        Self::reload_state(&*medium, self.state.get_mut())
+    }
+
+    /// Re-read the DICOMDIR from the medium: after a rewrite that could not be written, what
+    /// is on the medium is the truth again (pending deletes are dropped).
+    fn reload_state(medium: &dyn Medium, st: &mut State) -> Result<()> {
         let path = fileset::medium_path(DICOMDIR, st.spelling);
-        let bytes = fileset::read_file(&*self.medium, &path, MAX_DICOMDIR)?;
+        let bytes = fileset::read_file(medium, &path, MAX_DICOMDIR)?;
         let dir = DicomDir::parse(&bytes).map_err(|r| Error::malformed(DICOMDIR, r))?;
         st.patchable = patchable(&dir, bytes.len());
         st.dir = dir;
         st.image = bytes;
+        st.pending_files.clear();
+        st.pending_paths.clear();
+        st.dirs.clear();
+        st.index();
         st.generation += 1;
         Ok(())
     }
@@ -881,7 +894,7 @@ impl Live {
         let w = dicomdir::WDicomDir::from_read(&d, &bytes)
             .map_err(|e| Error::malformed(DICOMDIR, e))?;
         let out = w.encode();
-        self.replace_dicomdir(st, &out)?;
+        self.replace_dicomdir(st, &out, true)?;
         log::warn!(
             "{}: rewrote the DICOMDIR in Explicit VR Little Endian with defined lengths so it can be updated in place",
             self.medium.describe()
@@ -903,7 +916,12 @@ impl Live {
 
     /// Replace the DICOMDIR atomically: write the new bytes to the staging directory, make
     /// them durable, rename over the old one.
-    fn replace_dicomdir(&self, st: &State, bytes: &[u8]) -> Result<()> {
+    ///
+    /// With `durable` the new bytes are synced before the rename. Without, a kill -9 still finds
+    /// the old or the new DICOMDIR, and so does a power loss on filesystems that order a
+    /// replacing rename after the new file's data (ext4, btrfs); fsync and unmount make it
+    /// durable everywhere.
+    fn replace_dicomdir(&self, st: &State, bytes: &[u8], durable: bool) -> Result<()> {
         let m = &*self.medium;
         let _g = self.staging_lock.lock();
         self.staging_dir()?;
@@ -911,7 +929,17 @@ impl Live {
         let _ = m.remove(&tmp);
         let wrap = |e| Error::medium(DICOMDIR, e);
         m.create(&tmp).map_err(wrap)?;
-        if let Err(e) = m.write_at(&tmp, 0, bytes).and_then(|_| m.sync(Some(&tmp))) {
+        let written =
+            m.write_at(&tmp, 0, bytes).and_then(
+                |_| {
+                    if durable {
+                        m.sync(Some(&tmp))
+                    } else {
+                        Ok(())
+                    }
+                },
+            );
+        if let Err(e) = written {
             let _ = m.remove(&tmp);
             return Err(wrap(e));
         }
@@ -1110,9 +1138,26 @@ impl Live {
             return Ok(());
         }
         self.ensure_patchable(&mut st)?;
+        let t = Instant::now();
         let out = rewrite(&mut st)?;
-        self.replace_dicomdir(&st, &out)?;
-        st.image = out;
+        let t1 = t.elapsed();
+        if let Err(e) = self.replace_dicomdir(&st, &out, false) {
+            // Nothing changed on the medium: the deletes are undone.
+            for f in &st.pending_files {
+                self.changed(f.rsplit_once('/').map(|x| x.0).unwrap_or("").to_string());
+            }
+            if let Err(e2) = Self::reload_state(&*self.medium, &mut st) {
+                log::error!("after a failed rewrite, the DICOMDIR cannot be read again: {e2}");
+            }
+            self.changed(String::new());
+            return Err(e);
+        }
+        log::debug!(
+            "commit: rewrote {} bytes in {t1:.1?}, replaced in {:.1?}",
+            out.len(),
+            t.elapsed() - t1
+        );
+        st.spare = std::mem::replace(&mut st.image, out);
         let files = std::mem::take(&mut st.pending_files);
         st.pending_paths.clear();
         let m = &*self.medium;
@@ -1215,36 +1260,56 @@ fn undo_dirs(m: &dyn Medium, made: &[String]) {
 fn rewrite(st: &mut State) -> Result<Vec<u8>> {
     let d = &mut st.dir;
     let img = &st.image;
-    let live: Vec<u32> = {
-        let mut v = d.visible();
-        v.sort_by_key(|&i| d.records[i as usize].offset);
-        v
-    };
-    let head = d.seq_start as usize;
-    let mut out = Vec::with_capacity(img.len());
-    out.extend_from_slice(&img[..head]);
-    let mut newoff = HashMap::with_capacity(live.len());
-    let mut pos = head;
-    for &i in &live {
-        let r = &d.records[i as usize];
-        newoff.insert(i, pos as u32);
-        pos += (r.end - r.offset) as usize;
+    let spare = &mut st.spare;
+    let n = d.records.len();
+    // The live records in item order (records are kept in file order: appends go at the end,
+    // and a rewrite keeps the order).
+    let mut keep = vec![false; n];
+    for i in d.visible() {
+        keep[i as usize] = true;
     }
-    let off = |i: &u32| newoff.get(i).copied().unwrap_or(0);
-    for &i in &live {
-        let r = &d.records[i as usize];
+    const NONE: u32 = u32::MAX;
+    let mut next_of = vec![NONE; n];
+    let mut link = |list: &[u32]| {
+        for w in list.windows(2) {
+            next_of[w[0] as usize] = w[1];
+        }
+    };
+    link(&d.roots);
+    for (i, r) in d.records.iter().enumerate() {
+        if keep[i] {
+            link(&r.children);
+        }
+    }
+    let head = d.seq_start as usize;
+    let mut newoff = vec![0u32; n];
+    let mut pos = head;
+    for (i, r) in d.records.iter().enumerate() {
+        if keep[i] {
+            newoff[i] = pos as u32;
+            pos += (r.end - r.offset) as usize;
+        }
+    }
+    let off = |i: &u32| newoff[*i as usize];
+    // Reuse the pages of the image before last (a fresh 35 MB buffer costs its page faults).
+    let mut out = std::mem::take(spare);
+    out.clear();
+    out.reserve(pos);
+    out.extend_from_slice(&img[..head]);
+    for (i, r) in d.records.iter().enumerate() {
+        if !keep[i] {
+            continue;
+        }
         let (s, e) = (r.offset as usize, r.end as usize);
         let item = img
             .get(s..e)
             .ok_or_else(|| Error::malformed(DICOMDIR, "a record lies outside the file"))?;
         let base = out.len();
         out.extend_from_slice(item);
-        let sibs = match r.parent {
-            None => &d.roots,
-            Some(p) => &d.records[p as usize].children,
+        let next = match next_of[i] {
+            NONE => 0,
+            k => off(&k),
         };
-        let k = sibs.iter().position(|&x| x == i);
-        let next = k.and_then(|k| sibs.get(k + 1)).map(off).unwrap_or(0);
         let lower = r.children.first().map(off).unwrap_or(0);
         let na = base + (r.next_at - r.offset) as usize;
         let la = base + (r.lower_at - r.offset) as usize;
@@ -1262,9 +1327,11 @@ fn rewrite(st: &mut State) -> Result<Vec<u8>> {
         out[at as usize..at as usize + 4].copy_from_slice(&v.to_le_bytes());
     }
     // New positions in memory.
-    for &i in &live {
-        let r = &mut d.records[i as usize];
-        let n = off(&i);
+    for (i, r) in d.records.iter_mut().enumerate() {
+        if !keep[i] {
+            continue;
+        }
+        let n = newoff[i];
         let delta = |x: u32| n + (x - r.offset);
         r.next_at = delta(r.next_at);
         r.lower_at = delta(r.lower_at);
@@ -1366,7 +1433,7 @@ pub fn repair(arc: &Arc<dyn Medium>, profile: &Profile) -> Result<Vec<String>> {
         st.pending_files.clear();
         st.pending_paths.clear();
         let w = rewrite_fresh(&st)?;
-        live.replace_dicomdir(&st, &w)?;
+        live.replace_dicomdir(&st, &w, true)?;
         drop(st);
         live.reload()?;
         live.state.get_mut().index();
