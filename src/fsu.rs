@@ -702,8 +702,6 @@ impl Live {
         if !matches!(r, Ok(Ingested::Added(_))) {
             let _ = self.medium.remove(staged);
         }
-        // Leave no staging directory behind when no other copy is under way.
-        self.tidy(Duration::ZERO);
         match r {
             Err(e) if e.errno() == libc::EINVAL && self.full() => Err(Self::reject(
                 name,
@@ -1543,7 +1541,9 @@ pub fn spawn_committer(live: &Arc<Live>) {
                 e.log();
             }
         }
-        l.tidy(Duration::from_millis(500));
+        // Not after every copy: making and removing a directory per file is slow (ext4 scans
+        // for recently deleted inodes), so the staging directory goes when idle.
+        l.tidy(Duration::from_millis(100));
     });
 }
 
