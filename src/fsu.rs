@@ -266,6 +266,11 @@ impl State {
         }
     }
 
+    /// Does a record reference this File ID (components joined with `\\`)?
+    pub fn references(&self, fid: &str) -> bool {
+        self.by_file.contains_key(fid)
+    }
+
     fn index(&mut self) {
         self.by_sop.clear();
         self.by_file.clear();
@@ -730,6 +735,9 @@ impl Live {
         let h = &checked.header;
         let m = &*self.medium;
         let mut st = self.state.write();
+        // Deletes not yet written would be cut off the chains by the append's links (and a
+        // File ID being replaced must be free): write them first.
+        self.commit_locked(&mut st)?;
         if let Some(&i) = st.by_sop.get(h.sop_instance.as_str()) {
             let fid = st.dir.records[i as usize]
                 .file_id
@@ -1132,19 +1140,23 @@ impl Live {
     /// replace), then remove their files and the directories left empty.
     pub fn commit(&self) -> Result<()> {
         let mut st = self.state.write();
+        self.commit_locked(&mut st)
+    }
+
+    fn commit_locked(&self, st: &mut State) -> Result<()> {
         if st.pending_files.is_empty() {
             return Ok(());
         }
-        self.ensure_patchable(&mut st)?;
+        self.ensure_patchable(st)?;
         let t = Instant::now();
-        let out = rewrite(&mut st)?;
+        let out = rewrite(st)?;
         let t1 = t.elapsed();
-        if let Err(e) = self.replace_dicomdir(&st, &out, false) {
+        if let Err(e) = self.replace_dicomdir(st, &out, false) {
             // Nothing changed on the medium: the deletes are undone.
             for f in &st.pending_files {
                 self.changed(f.rsplit_once('/').map(|x| x.0).unwrap_or("").to_string());
             }
-            if let Err(e2) = Self::reload_state(&*self.medium, &mut st) {
+            if let Err(e2) = Self::reload_state(&*self.medium, st) {
                 log::error!("after a failed rewrite, the DICOMDIR cannot be read again: {e2}");
             }
             self.changed(String::new());

@@ -387,7 +387,11 @@ impl Vfs {
         }
         for fid in &changes.added {
             let shown = fid.replace('\\', "/");
-            nodes.native(&fileset::medium_path(fid, spelling), &shown, Kind::File);
+            let i = nodes.native(&fileset::medium_path(fid, spelling), &shown, Kind::File);
+            // A File ID freed by a delete and given again: its cached stat is stale.
+            if let Data::Native { stat, .. } = &mut nodes.nodes[i as usize - 1].data {
+                *stat = None;
+            }
         }
         self.alt_dirty.store(true, Ordering::Release);
         self.seen.store(g, Ordering::Release);
@@ -569,13 +573,35 @@ impl Vfs {
             }
         }
         let nodes = self.nodes.read();
-        nodes
+        let ino = nodes
             .overlay
             .get(&parent)
-            .and_then(|m| m.get(name).copied())
-            .ok_or_else(|| Error::NotFound {
+            .and_then(|m| m.get(name).copied());
+        match ino {
+            Some(i) if self.ghost_alive(&nodes, i) => Ok(i),
+            _ => Err(Error::NotFound {
                 path: name.to_string(),
-            })
+            }),
+        }
+    }
+
+    /// An overlay entry counts unless it is a ghost of an instance deleted since.
+    fn ghost_alive(&self, nodes: &Nodes, ino: u64) -> bool {
+        let Ok(Node {
+            data: Data::Ghost {
+                target: Some(t), ..
+            },
+            ..
+        }) = nodes.get(ino)
+        else {
+            return true;
+        };
+        match nodes.get(*t).map(|n| &n.data) {
+            Ok(Data::Native { shown, .. }) => {
+                &**shown == DICOMDIR || self.live.read().references(&shown.replace('/', "\\"))
+            }
+            _ => true,
+        }
     }
 
     /// Find a name in a directory.

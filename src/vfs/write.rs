@@ -48,6 +48,15 @@ fn clutter_names() {
     }
 }
 
+/// rsync writes NAME as .NAME.XXXXXX and renames it when done: the File ID name it stands for.
+fn rsync_final_name(name: &str) -> &str {
+    name.strip_prefix('.')
+        .and_then(|n| n.rsplit_once('.'))
+        .filter(|(n, x)| x.len() == 6 && file_id_problem(n).is_none())
+        .map(|(n, _)| n)
+        .unwrap_or(name)
+}
+
 fn errno(path: &str, errno: i32, reason: impl Into<String>) -> Error {
     Error::rejected(path, errno, reason)
 }
@@ -118,13 +127,7 @@ impl Vfs {
 
     /// The File ID a staged file asks for by its place and name (M-WRITE with a File ID).
     fn wanted_file_id(&self, parent: u64, name: &str) -> Option<String> {
-        // rsync writes NAME as .NAME.XXXXXX and renames it when done.
-        let name = name
-            .strip_prefix('.')
-            .and_then(|n| n.rsplit_once('.'))
-            .filter(|(n, x)| x.len() == 6 && file_id_problem(n).is_none())
-            .map(|(n, _)| n)
-            .unwrap_or(name);
+        let name = rsync_final_name(name);
         match self.place(parent).ok()? {
             Place::Native { shown, .. } => {
                 let fid = if shown.is_empty() {
@@ -141,8 +144,15 @@ impl Vfs {
     /// Create a file to copy in. Returns its attributes.
     pub fn create(&self, parent: u64, name: &str) -> Result<Attr> {
         self.need_writable(name)?;
-        if self.find(parent, name).is_ok() {
-            return Err(errno(name, libc::EEXIST, "already exists"));
+        if let Ok(i) = self.find(parent, name) {
+            // A name copied in before may be copied in again; anything else exists.
+            let ghost = matches!(
+                self.nodes.read().get(i).map(|n| &n.data),
+                Ok(Data::Ghost { .. })
+            );
+            if !ghost {
+                return Err(errno(name, libc::EEXIST, "already exists"));
+            }
         }
         let place = self.place(parent)?;
         let mut dropped = None;
@@ -153,7 +163,7 @@ impl Vfs {
                 "{name}: a DICOMDIR copied in is dropped (dicomfs keeps the File-set's own)"
             ));
         } else if let Place::Native { shown, strict } = &place {
-            let fid_ok = file_id_problem(name).is_none() && depth(shown) < 8;
+            let fid_ok = file_id_problem(rsync_final_name(name)).is_none() && depth(shown) < 8;
             if *strict && !fid_ok {
                 let why = file_id_problem(name)
                     .unwrap_or_else(|| "a File ID has at most 8 components".into());
