@@ -246,3 +246,63 @@ fn repair_after_simulated_crashes() {
     want.sort();
     assert_eq!(referenced(&dir), want);
 }
+
+#[test]
+fn preambles_are_cleared_unless_tiff() {
+    let (d, l) = fresh("preamble");
+    let all = insts();
+    let mut exe = all[0].bytes();
+    exe[..2].copy_from_slice(b"MZ"); // a Windows executable header
+    let mut tiff = all[1].bytes();
+    tiff[..4].copy_from_slice(b"II*\0");
+    let mut stored = Vec::new();
+    for b in [&exe, &tiff] {
+        match l.ingest(&stage(&l, b), "x", None).unwrap() {
+            Ingested::Added(f) => stored.push(std::fs::read(d.join(f.replace('\\', "/"))).unwrap()),
+            r => panic!("{r:?}"),
+        }
+    }
+    assert!(stored[0][..128].iter().all(|&b| b == 0));
+    assert_eq!(stored[0][128..], exe[128..]);
+    assert_eq!(stored[1], tiff);
+}
+
+#[test]
+fn the_root_never_holds_more_than_its_cap() {
+    let (d, l) = fresh("rootcap");
+    let mut base = insts()[0].ds.clone();
+    let n = ROOT_CAP + 3;
+    let mut fids = Vec::new();
+    for k in 0..n {
+        // One patient each: a new Patient ID and new UIDs.
+        for e in base.iter_mut() {
+            match e.tag {
+                tags::PATIENT_ID => e.value = format!("CAP{k:05}").into_bytes(),
+                tags::SOP_INSTANCE_UID | tags::STUDY_INSTANCE_UID | tags::SERIES_INSTANCE_UID => {
+                    e.value = synth::uid(7, &[e.tag as u64, k as u64]).into_bytes()
+                }
+                _ => {}
+            }
+        }
+        match l
+            .ingest(&stage(&l, &synth::part10(&base)), "x", None)
+            .unwrap()
+        {
+            Ingested::Added(f) => fids.push(f),
+            r => panic!("{r:?}"),
+        }
+    }
+    let root: Vec<_> = std::fs::read_dir(&d).unwrap().collect();
+    assert!(
+        root.len() <= ROOT_CAP + 2,
+        "{} entries at the root",
+        root.len()
+    );
+    // The first patients at the root, the last ones in a bucket; all five levels legal.
+    assert_eq!(fids[0].split('\\').count(), 4);
+    let last = &fids[n - 1];
+    assert!(last.starts_with("B0000001\\P"), "{last}");
+    assert!(dicomdir::file_id_problem(last).is_none());
+    l.close().unwrap();
+    assert_canonical(&d);
+}
