@@ -55,6 +55,8 @@ pub struct FileSet {
     pub medium: Arc<dyn Medium>,
     pub dir: DicomDir,
     pub spelling: Spelling,
+    /// The DICOMDIR's bytes as read (a writable File-set keeps them to patch in place).
+    pub bytes: Vec<u8>,
 }
 
 /// Read a whole file from the medium, bounded by its real size and a limit.
@@ -153,10 +155,10 @@ impl FileSet {
             Err(e) => return Err(e),
         };
         let dir = DicomDir::parse(&bytes).map_err(|r| Error::malformed(DICOMDIR, r))?;
-        drop(bytes);
         let mut fs = FileSet {
             medium,
             dir,
+            bytes,
             spelling: if name == DICOMDIR {
                 Spelling::Exact
             } else {

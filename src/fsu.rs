@@ -286,10 +286,10 @@ impl State {
     }
 
     fn dir_info(&mut self, medium: &dyn Medium, dir: &str) -> &mut DirInfo {
-        let dir_s = dir.to_string();
-        if !self.dirs.contains_key(&dir_s) {
+        let spelling = self.spelling;
+        self.dirs.entry(dir.to_string()).or_insert_with(|| {
             let mut info = DirInfo::default();
-            if let Ok(entries) = medium.list(&fileset::medium_path(dir, self.spelling)) {
+            if let Ok(entries) = medium.list(&fileset::medium_path(dir, spelling)) {
                 info.exists = true;
                 info.count = entries.len();
                 for e in entries {
@@ -302,9 +302,8 @@ impl State {
                     }
                 }
             }
-            self.dirs.insert(dir_s.clone(), info);
-        }
-        self.dirs.get_mut(&dir_s).expect("inserted above")
+            info
+        })
     }
 
     /// A new name `X0000001`-style in `dir` (a File ID path with `\`), counted as taken.
@@ -481,6 +480,7 @@ impl Live {
             medium,
             dir,
             spelling,
+            bytes,
         } = fs;
         let mut live = Live {
             medium,
@@ -503,8 +503,13 @@ impl Live {
                 for line in &report {
                     log::warn!("repair: {line}");
                 }
+                live.reload()?;
+            } else {
+                // The DICOMDIR as already read and parsed.
+                let st = live.state.get_mut();
+                st.patchable = patchable(&st.dir, bytes.len());
+                st.image = bytes;
             }
-            live.reload()?;
         }
         live.state.get_mut().index();
         Ok(live)
