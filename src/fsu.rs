@@ -473,6 +473,20 @@ struct Checked {
 }
 
 impl Live {
+    fn new(medium: Arc<dyn Medium>, writable: bool, profile: Profile, state: State) -> Live {
+        Live {
+            medium,
+            writable,
+            profile,
+            state: RwLock::new(state),
+            changes: Mutex::new(Changes::default()),
+            next_stage: AtomicU64::new(1),
+            staging: Default::default(),
+            staging_lock: Mutex::new(()),
+            last_staged: Mutex::new(Instant::now()),
+        }
+    }
+
     /// Open a File-set. A writable one is repaired first if the last session did not end
     /// cleanly, and gets its staging directory.
     pub fn open(fs: FileSet, writable: bool, profile: Profile) -> Result<Live> {
@@ -482,17 +496,12 @@ impl Live {
             spelling,
             bytes,
         } = fs;
-        let mut live = Live {
+        let mut live = Live::new(
             medium,
             writable,
             profile,
-            state: RwLock::new(State::new(dir, spelling, Vec::new())),
-            changes: Mutex::new(Changes::default()),
-            next_stage: AtomicU64::new(1),
-            staging: Default::default(),
-            staging_lock: Mutex::new(()),
-            last_staged: Mutex::new(Instant::now()),
-        };
+            State::new(dir, spelling, Vec::new()),
+        );
         if writable {
             if live.medium.stat(STAGING).is_ok() {
                 log::warn!(
@@ -1370,10 +1379,8 @@ pub fn repair(arc: &Arc<dyn Medium>, profile: &Profile) -> Result<Vec<String>> {
     let mut report = Vec::new();
     let fs = FileSet::open(arc.clone())?;
     let spelling = fs.spelling;
-    let path = fileset::medium_path(DICOMDIR, spelling);
-    let bytes = fileset::read_file(medium, &path, MAX_DICOMDIR)?;
     let mut d = fs.dir;
-    let mut bytes = bytes;
+    let mut bytes = fs.bytes;
     if (d.seq_end as usize) < bytes.len() && d.seq_len_at != 0 {
         report.push(format!(
             "DICOMDIR: dropped {} bytes after the record sequence (an append cut short)",
@@ -1424,17 +1431,12 @@ pub fn repair(arc: &Arc<dyn Medium>, profile: &Profile) -> Result<Vec<String>> {
     }
     let needs_write = !report.is_empty();
     // Write the repaired DICOMDIR through a Live over the same medium.
-    let mut live = Live {
-        medium: arc.clone(),
-        writable: true,
-        profile: profile.clone(),
-        state: RwLock::new(State::new(d, spelling, bytes)),
-        changes: Mutex::new(Changes::default()),
-        next_stage: AtomicU64::new(1),
-        staging: Default::default(),
-        staging_lock: Mutex::new(()),
-        last_staged: Mutex::new(Instant::now()),
-    };
+    let mut live = Live::new(
+        arc.clone(),
+        true,
+        profile.clone(),
+        State::new(d, spelling, bytes),
+    );
     {
         let st = live.state.get_mut();
         st.index();
@@ -1459,34 +1461,18 @@ pub fn repair(arc: &Arc<dyn Medium>, profile: &Profile) -> Result<Vec<String>> {
             let _ = medium.remove(&format!("{STAGING}/{}", e.name));
         }
         if medium.rmdir(STAGING).is_ok() {
+            // `stage` below must make it again.
+            live.staging.store(false, Ordering::Release);
             report.push(format!(
                 "{STAGING}: removed files of copies that never finished"
             ));
         }
     }
-    // Files nothing references.
-    let mut orphans = Vec::new();
-    let mut stack = vec![String::new()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = medium.list(&dir) else {
-            continue;
-        };
-        for e in entries {
-            let p = fsimpl::join(&dir, &e.name);
-            if dir.is_empty() && (e.name.eq_ignore_ascii_case(DICOMDIR) || e.name == STAGING) {
-                continue;
-            }
-            match e.kind {
-                Kind::Dir => stack.push(p),
-                Kind::File if !referenced.contains(&p) => orphans.push(p),
-                Kind::File => {}
-            }
-        }
-    }
-    orphans.sort();
-    if !orphans.is_empty() {
-        medium.mkdir(STAGING).ok();
-    }
+    // Files nothing references (each is moved aside with `stage`, which makes the staging
+    // directory again, and taken in at its own File ID).
+    let orphans = crate::rebuild::all_files(medium, true)?
+        .into_iter()
+        .filter(|p| !referenced.contains(p));
     for p in orphans {
         let fid = p.replace('/', "\\").to_ascii_uppercase();
         if dicomdir::file_id_problem(&fid).is_some() {

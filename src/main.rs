@@ -120,10 +120,15 @@ enum Cmd {
 const EXIT_ERRORS: u8 = 4;
 const EXIT_COULD_NOT_RUN: u8 = 8;
 
-fn open_fileset(source: &Path) -> Result<FileSet, Error> {
+/// The medium in SOURCE (a host directory).
+fn open_medium(source: &Path) -> Result<Arc<dyn fsimpl::Medium>, Error> {
     let m = fsimpl::HostDir::open(source)
         .map_err(|e| Error::medium(source.display().to_string(), e))?;
-    FileSet::open(Arc::new(m))
+    Ok(Arc::new(m))
+}
+
+fn open_fileset(source: &Path) -> Result<FileSet, Error> {
+    FileSet::open(open_medium(source)?)
 }
 
 fn main() -> ExitCode {
@@ -192,15 +197,15 @@ fn main() -> ExitCode {
         }
         Cmd::Init { source, fileset_id } => {
             init_log(None, false);
-            let m = match fsimpl::HostDir::open(&source) {
+            let m = match open_medium(&source) {
                 Ok(m) => m,
                 Err(e) => {
-                    eprintln!("dicomfs: {}: {e}", source.display());
+                    eprintln!("dicomfs: {e}");
                     return ExitCode::from(1);
                 }
             };
             let uid = synth::fresh_uid();
-            match dicomfs::fileset::create(&m, &fileset_id, &uid) {
+            match dicomfs::fileset::create(&*m, &fileset_id, &uid) {
                 Ok(()) => {
                     println!(
                         "{}: new File-set {fileset_id:?}, UID {uid}",
@@ -216,10 +221,10 @@ fn main() -> ExitCode {
         }
         Cmd::Rebuild { source } => {
             init_log(None, false);
-            let m: Arc<dyn fsimpl::Medium> = match fsimpl::HostDir::open(&source) {
-                Ok(m) => Arc::new(m),
+            let m = match open_medium(&source) {
+                Ok(m) => m,
                 Err(e) => {
-                    eprintln!("dicomfs: {}: {e}", source.display());
+                    eprintln!("dicomfs: {e}");
                     return ExitCode::from(EXIT_COULD_NOT_RUN);
                 }
             };
@@ -460,9 +465,9 @@ fn mount_foreground(m: &MountArgs, ready: Option<RawFd>) -> ExitCode {
         }
         ExitCode::from(1)
     };
-    let medium: Arc<dyn fsimpl::Medium> = match fsimpl::HostDir::open(&m.source) {
-        Ok(x) => Arc::new(x),
-        Err(e) => return fail(&mut ready, format!("{}: {e}", m.source.display())),
+    let medium = match open_medium(&m.source) {
+        Ok(x) => x,
+        Err(e) => return fail(&mut ready, e.to_string()),
     };
     if m.create
         && !m.read_only
@@ -594,10 +599,10 @@ fn mount_foreground(m: &MountArgs, ready: Option<RawFd>) -> ExitCode {
 }
 
 fn do_repair(source: &Path) -> Result<(), ExitCode> {
-    let m: Arc<dyn fsimpl::Medium> = match fsimpl::HostDir::open(source) {
-        Ok(m) => Arc::new(m),
+    let m = match open_medium(source) {
+        Ok(m) => m,
         Err(e) => {
-            eprintln!("dicomfs: {}: {e}", source.display());
+            eprintln!("dicomfs: {e}");
             return Err(ExitCode::from(EXIT_COULD_NOT_RUN));
         }
     };

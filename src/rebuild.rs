@@ -108,12 +108,17 @@ pub struct Rebuilt {
     pub refused: Vec<String>,
 }
 
-/// Every file below the medium root except the DICOMDIR and the staging directory.
-fn all_files(medium: &dyn Medium) -> Result<Vec<String>> {
+/// Every file below the medium root except the DICOMDIR and the staging directory, sorted.
+/// A directory that cannot be listed fails the walk, or is skipped with `skip_unreadable`.
+pub(crate) fn all_files(medium: &dyn Medium, skip_unreadable: bool) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let mut stack = vec![String::new()];
     while let Some(dir) = stack.pop() {
-        let entries = medium.list(&dir).map_err(|e| Error::medium(&dir, e))?;
+        let entries = match medium.list(&dir) {
+            Ok(e) => e,
+            Err(_) if skip_unreadable => continue,
+            Err(e) => return Err(Error::medium(&dir, e)),
+        };
         for e in entries {
             if dir.is_empty() && (e.name.eq_ignore_ascii_case(DICOMDIR) || e.name == STAGING) {
                 continue;
@@ -138,7 +143,7 @@ pub fn rebuild(
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<Rebuilt> {
     let m = &**medium;
-    let files = all_files(m)?;
+    let files = all_files(m, false)?;
     let total = files.len();
     let (fileset_id, fileset_uid) = match fileset::read_file(m, DICOMDIR, MAX_DICOMDIR)
         .ok()

@@ -209,6 +209,15 @@ impl Nodes {
         self.by_path.insert(shown.into(), i);
         i
     }
+    /// Where an overlay node is: (directory inode, name).
+    fn overlay_entry(&self, ino: u64) -> Option<(u64, Box<str>)> {
+        self.overlay.iter().find_map(|(p, m)| {
+            m.iter()
+                .find(|(_, &c)| c == ino)
+                .map(|(n, _)| (*p, n.clone()))
+        })
+    }
+
     /// Is an overlay entry shown in listings? Staged files are; ghosts are not; a copy-in
     /// folder is while it is empty or shows something.
     fn visible(&self, ino: u64, depth: usize) -> bool {

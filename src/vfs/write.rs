@@ -220,17 +220,9 @@ impl Vfs {
             }
             Data::Ghost { .. } if truncate => {
                 // Find where it lives to copy in again under the same name.
-                let (parent, name) = nodes
-                    .overlay
-                    .iter()
-                    .find_map(|(p, m)| {
-                        m.iter()
-                            .find(|(_, &c)| c == ino)
-                            .map(|(n, _)| (*p, n.clone()))
-                    })
-                    .ok_or(Error::NotFound {
-                        path: format!("inode {ino}"),
-                    })?;
+                let (parent, name) = nodes.overlay_entry(ino).ok_or(Error::NotFound {
+                    path: format!("inode {ino}"),
+                })?;
                 drop(nodes);
                 let dropped = is_clutter(&name).then(|| format!("{name}: clutter, dropped"));
                 let staged = match dropped {
@@ -250,13 +242,8 @@ impl Vfs {
             }
             Data::Ghost { .. } => {
                 let name = nodes
-                    .overlay
-                    .values()
-                    .find_map(|m| {
-                        m.iter()
-                            .find(|(_, &c)| c == ino)
-                            .map(|(n, _)| n.to_string())
-                    })
+                    .overlay_entry(ino)
+                    .map(|(_, n)| n.to_string())
                     .unwrap_or_else(|| format!("inode {ino}"));
                 Err(errno(
                     &name,
