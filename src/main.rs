@@ -20,6 +20,10 @@ use std::sync::Arc;
     about = "Mount a DICOM File-set (DICOMDIR + PS3.10 files) as a folder"
 )]
 struct Cli {
+    /// On a disk or image with a partition table: use partition N (1-based) instead of the
+    /// first FAT partition.
+    #[arg(long, global = true, value_name = "N")]
+    partition: Option<u32>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -120,19 +124,32 @@ enum Cmd {
 const EXIT_ERRORS: u8 = 4;
 const EXIT_COULD_NOT_RUN: u8 = 8;
 
-/// The medium in SOURCE (a host directory).
-fn open_medium(source: &Path) -> Result<Arc<dyn fsimpl::Medium>, Error> {
-    let m = fsimpl::HostDir::open(source)
-        .map_err(|e| Error::medium(source.display().to_string(), e))?;
-    Ok(Arc::new(m))
+/// Which partition of a partitioned disk or image to use (`--partition`, `-o partition=`).
+static PARTITION: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The medium in SOURCE: a host directory, or a FAT block device or image file, opened for
+/// writing if `writable`.
+fn open_medium(source: &Path, writable: bool) -> Result<Arc<dyn fsimpl::Medium>, Error> {
+    let how = fsimpl::SourceOptions {
+        partition: match PARTITION.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        },
+        writable,
+    };
+    fsimpl::open_source(source, &how).map_err(|e| Error::medium(source.display().to_string(), e))
 }
 
 fn open_fileset(source: &Path) -> Result<FileSet, Error> {
-    FileSet::open(open_medium(source)?)
+    FileSet::open(open_medium(source, false)?)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    PARTITION.store(
+        cli.partition.unwrap_or(0),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     match cli.cmd {
         Cmd::Mount {
             source,
@@ -168,6 +185,10 @@ fn main() -> ExitCode {
                     ("allow_other", _) => allow_other = true,
                     ("no_passthrough", _) => no_passthrough = true,
                     ("log_file", f) => log_file = Some(f.into()),
+                    ("partition", v) => match v.parse::<u32>() {
+                        Ok(n) if n > 0 => PARTITION.store(n, std::sync::atomic::Ordering::Relaxed),
+                        _ => return usage(&format!("partition={v:?}: expected a number from 1")),
+                    },
                     _ => return usage(&format!("unknown mount option {o:?}")),
                 }
             }
@@ -197,7 +218,7 @@ fn main() -> ExitCode {
         }
         Cmd::Init { source, fileset_id } => {
             init_log(None, false);
-            let m = match open_medium(&source) {
+            let m = match open_medium(&source, true) {
                 Ok(m) => m,
                 Err(e) => {
                     eprintln!("dicomfs: {e}");
@@ -221,7 +242,7 @@ fn main() -> ExitCode {
         }
         Cmd::Rebuild { source } => {
             init_log(None, false);
-            let m = match open_medium(&source) {
+            let m = match open_medium(&source, true) {
                 Ok(m) => m,
                 Err(e) => {
                     eprintln!("dicomfs: {e}");
@@ -465,8 +486,15 @@ fn mount_foreground(m: &MountArgs, ready: Option<RawFd>) -> ExitCode {
         }
         ExitCode::from(1)
     };
-    let medium = match open_medium(&m.source) {
+    let medium = match open_medium(&m.source, !m.read_only) {
         Ok(x) => x,
+        Err(e) if !m.read_only && matches!(e.errno(), libc::EROFS | libc::EACCES | libc::EPERM) => {
+            log::warn!("{e}; mounting read-only");
+            match open_medium(&m.source, false) {
+                Ok(x) => x,
+                Err(e) => return fail(&mut ready, e.to_string()),
+            }
+        }
         Err(e) => return fail(&mut ready, e.to_string()),
     };
     if m.create
@@ -599,7 +627,7 @@ fn mount_foreground(m: &MountArgs, ready: Option<RawFd>) -> ExitCode {
 }
 
 fn do_repair(source: &Path) -> Result<(), ExitCode> {
-    let m = match open_medium(source) {
+    let m = match open_medium(source, true) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("dicomfs: {e}");
@@ -657,8 +685,11 @@ fn ls(source: &Path) -> ExitCode {
 }
 
 fn check(source: &Path, verbose: bool) -> ExitCode {
-    if !source.is_dir() {
-        eprintln!("dicomfs: {}: not a directory", source.display());
+    if !source.exists() {
+        eprintln!(
+            "dicomfs: {}: no such directory, device or image",
+            source.display()
+        );
         return ExitCode::from(EXIT_COULD_NOT_RUN);
     }
     let fs = match open_fileset(source) {

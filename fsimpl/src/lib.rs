@@ -4,11 +4,14 @@
 //! the DICOM layer above addresses files by relative `/`-separated paths ("" is the root) and asks
 //! the medium to read, write, create, delete, rename, list and stat them.
 //!
-//! Implementations: [`HostDir`] (a directory of the host filesystem). A FAT12/16/32 medium on a
-//! block device or image file is planned behind the same trait.
+//! Implementations: [`HostDir`] (a directory of the host filesystem) and [`Fat`] (a FAT12/16/32
+//! volume on a block device or image file, through a [`BlockDev`]). [`open_source`] picks one
+//! for a path given on the command line.
 
+pub mod fat;
 mod host;
 
+pub use fat::{BlockDev, Fat, FatOptions, FileDev};
 pub use host::HostDir;
 
 use std::fs::File;
@@ -89,6 +92,44 @@ pub trait Medium: Send + Sync {
     fn backing_file(&self, _path: &str, _writable: bool) -> Option<io::Result<File>> {
         None
     }
+    /// Write out everything held in memory and leave the medium clean (on FAT: metadata,
+    /// FSInfo, the dirty bit cleared). Called once at unmount or at the end of a command; the
+    /// medium may still be read afterwards.
+    fn close(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How to open a SOURCE given on the command line.
+#[derive(Clone, Debug, Default)]
+pub struct SourceOptions {
+    /// On a partitioned disk or image: the partition to use (1-based); default the first FAT one.
+    pub partition: Option<u32>,
+    /// Open for writing.
+    pub writable: bool,
+}
+
+/// Open SOURCE: a directory is a [`HostDir`]; a block device or regular file is a FAT volume
+/// (whole, or a partition of it). Anything else gets an error that says what was found.
+pub fn open_source(
+    path: &std::path::Path,
+    how: &SourceOptions,
+) -> io::Result<std::sync::Arc<dyn Medium>> {
+    let meta = std::fs::metadata(path)?;
+    if meta.is_dir() {
+        if how.partition.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a partition was given, but SOURCE is a directory",
+            ));
+        }
+        return Ok(std::sync::Arc::new(HostDir::open(path)?));
+    }
+    let opts = FatOptions {
+        partition: how.partition,
+        writable: how.writable,
+    };
+    Ok(std::sync::Arc::new(Fat::open_path(path, &opts)?))
 }
 
 /// Check that `path` is a relative medium path: no leading `/`, no empty, `.` or `..` components.
