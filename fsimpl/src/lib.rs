@@ -11,7 +11,7 @@
 pub mod fat;
 mod host;
 
-pub use fat::{BlockDev, Fat, FatOptions, FileDev};
+pub use fat::{BlockDev, Fat, FatOptions, FileDev, MemDev};
 pub use host::HostDir;
 
 use std::fs::File;
