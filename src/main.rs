@@ -551,12 +551,12 @@ fn mount_foreground(m: &MountArgs, ready: Option<RawFd>) -> ExitCode {
         }
         None => ticker.set(p),
     };
-    // One writer per SOURCE, for the life of this process (the lock goes at exit, after the
-    // medium is closed: umount.fuse.dicomfs waits for it).
-    let _lock = match mount::lock_source(&m.source, !m.read_only) {
-        Ok(l) => l,
+    // One writer per SOURCE, for the life of this process: the lock goes when the process
+    // exits, after the medium is closed (umount.fuse.dicomfs waits for it).
+    match mount::lock_source(&m.source, !m.read_only) {
+        Ok(l) => std::mem::forget(l),
         Err(e) => return fail(e),
-    };
+    }
     phase("opening the medium");
     let (medium, opened_writable) = match open_medium(&m.source, !m.read_only) {
         Ok(x) => (x, !m.read_only),
@@ -689,6 +689,14 @@ fn mount_foreground(m: &MountArgs, ready: Option<RawFd>) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(format!("cannot mount on {}: {e}", m.mountpoint.display())),
     };
+    // So that `umount MP` finds our type and runs umount.fuse.dicomfs (which waits for us).
+    let _utab = UtabEntry(if unsafe { libc::geteuid() } == 0 {
+        mount::utab_add(&mp)
+            .map_err(|e| log::debug!("{}: no utab entry: {e}", mp.display()))
+            .ok()
+    } else {
+        None
+    });
     let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ended2 = ended.clone();
     let mp2 = mp.clone();
@@ -708,6 +716,17 @@ fn mount_foreground(m: &MountArgs, ready: Option<RawFd>) -> ExitCode {
         Err(e) => {
             log::error!("{}: session ended: {e}", mp.display());
             ExitCode::from(1)
+        }
+    }
+}
+
+/// Our line in libmount's utab, removed when the daemon ends.
+struct UtabEntry(Option<u64>);
+
+impl Drop for UtabEntry {
+    fn drop(&mut self) {
+        if let Some(id) = self.0 {
+            mount::utab_remove(id);
         }
     }
 }

@@ -270,6 +270,77 @@ pub fn abort_connection(conn: u64) -> io::Result<()> {
     std::fs::write(format!("/sys/fs/fuse/connections/{conn}/abort"), "1")
 }
 
+/// libmount's table of user-space mount options. umount(8) finds the type of an absolute
+/// mount point with statfs(2), which says only "fuse", unless the mount has an entry here;
+/// with one, it reads mountinfo (type fuse.dicomfs) and runs umount.fuse.dicomfs.
+const UTAB: &str = "/run/mount/utab";
+
+fn mangle(s: &str) -> String {
+    s.replace('\\', "\\134")
+        .replace(' ', "\\040")
+        .replace('\t', "\\011")
+        .replace('\n', "\\012")
+}
+
+/// Run `f` on utab's lines under libmount's lock, writing back what it returns.
+fn with_utab(f: impl FnOnce(Vec<String>) -> Vec<String>) -> io::Result<()> {
+    std::fs::create_dir_all("/run/mount")?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(format!("{UTAB}.lock"))?;
+    // SAFETY: lock is an open file.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let text = std::fs::read_to_string(UTAB).unwrap_or_default();
+    let lines = f(text.lines().map(str::to_string).collect());
+    let tmp = format!("{UTAB}.dicomfs.{}", std::process::id());
+    let mut out = lines.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    std::fs::write(&tmp, out)?;
+    std::fs::rename(&tmp, UTAB)
+}
+
+/// Record the mount on `mp` in utab (so that `umount MP` runs umount.fuse.dicomfs); returns its
+/// mount ID, to remove the entry with [`utab_remove`].
+pub fn utab_add(mp: &Path) -> io::Result<u64> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let (id, src) = text
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let m = parse_mountinfo(l).pop()?;
+            (m.mountpoint == mp && m.fstype == FSTYPE)
+                .then(|| Some((l.split(' ').next()?.parse::<u64>().ok()?, m.source)))?
+        })
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not in mountinfo"))?;
+    let line = format!(
+        "ID={id} SRC={} TARGET={} ROOT=/ OPTS=uhelper=dicomfs",
+        mangle(&src),
+        mangle(&mp.to_string_lossy())
+    );
+    let prefix = format!("ID={id} ");
+    with_utab(|mut lines| {
+        lines.retain(|l| !l.starts_with(&prefix));
+        lines.push(line);
+        lines
+    })?;
+    Ok(id)
+}
+
+/// Remove the utab entry of mount `id`.
+pub fn utab_remove(id: u64) {
+    let prefix = format!("ID={id} ");
+    let _ = with_utab(|mut lines| {
+        lines.retain(|l| !l.starts_with(&prefix));
+        lines
+    });
+}
+
 /// One line of /proc/self/mountinfo.
 #[derive(Debug, Clone)]
 pub struct MountInfo {
