@@ -794,3 +794,37 @@ fn semantics_ghosts_copy_in_folders_and_native_directories() {
     // rmdir of an alternate directory succeeds once its last instance is deleted: see
     // tests/write.rs rm_in_native_and_dcm_views_deletes_files_records_and_empty_levels.
 }
+
+#[test]
+fn o_fstab_only_and_generic_mount_flags_are_accepted_and_reach_mount2() {
+    let rig = Rig::new("flags", true);
+    let opts = [
+        (
+            "defaults,auto,nouser,owner,group,x-systemd.automount,comment=x,suid,dev,exec,noexec,noatime,nodiratime,sync,dirsync,lazytime",
+            &["noexec", "noatime", "nodiratime", "sync", "dirsync", "lazytime"][..],
+            &["nosuid", "nodev"][..],
+        ),
+        (
+            "nosuid,nodev,exec,atime,relatime,strictatime,diratime,async,nolazytime",
+            &["nosuid", "nodev"][..],
+            &["noexec", "noatime", "relatime", "nodiratime", "sync", "lazytime"][..],
+        ),
+    ];
+    for (o, want, not) in opts {
+        let _m = Mount::new(&rig.src, &rig.mnt, &["-o", o]);
+        let line = mountinfo(&rig.mnt).expect("not mounted");
+        let flags: Vec<&str> = line
+            .split(' ')
+            .enumerate()
+            .filter(|(i, _)| *i == 5)
+            .flat_map(|(_, f)| f.split(','))
+            .chain(line.rsplit(' ').next().unwrap_or("").split(','))
+            .collect();
+        for w in want {
+            assert!(flags.contains(w), "{o}: {w} missing in {line}");
+        }
+        for n in not {
+            assert!(!flags.contains(n), "{o}: {n} set in {line}");
+        }
+    }
+}
