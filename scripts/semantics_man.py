@@ -80,8 +80,14 @@ b=s.index('Every refusal'); e=s.index('## Durability')
 o.append('.Pp\n'+lines_of(md(' '.join(s[b:e].split()))))
 d=s.index('## Durability'); f=s.index('## Derived keys')
 o.append('.Ss Durability\n'+lines_of(md(' '.join(s[d+len('## Durability'):f].split()))))
-g=s.index('## File IDs')
-o.append('.Ss File IDs\n'+lines_of(md(' '.join(s[g+len('## File IDs'):].split()))))
+g=s.index('## File IDs'); h=s.index('## On FAT media')
+o.append('.Ss File IDs\n'+lines_of(md(' '.join(s[g+len('## File IDs'):h].split()))))
+o.append('.Ss On FAT media\nEverything above holds on a FAT12/16/32 volume (an image file or a block\ndevice) too; in addition:\n.Bl -tag -width Ds')
+for what,res in table('## On FAT media'):
+    o.append('.It '+md(what))
+    r=re.sub(r'\b(E[A-Z]+)\b', r'\n.Er \1\n', md(res)).replace('\n; ', ' ;\n')
+    o.append('\n'.join(lines_of(x.strip()) if not x.startswith('.Er') else x for x in r.split('\n') if x.strip()))
+o.append('.El')
 o.append('''.Ss Errors
 .Bl -tag -width Er
 .It Er EINVAL
@@ -96,7 +102,7 @@ The DICOMDIR, a stored instance, or a rename of a native name.
 .It Er ENOSPC
 The medium is full; nothing of the copy is kept.
 .It Er EFBIG
-An instance too large to transcode.
+An instance too large to transcode, or a file past 4 GiB - 1 on FAT.
 .It Er ENOTEMPTY
 rmdir of a directory that still holds something.
 .It Er EROFS

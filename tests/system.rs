@@ -739,13 +739,26 @@ fn semantics_rename_truncate_chmod_utimes_fsync_of_native_files() {
 }
 
 #[test]
+fn semantics_copy_onto_a_ghost_copies_the_name_in_again() {
+    let rig = Rig::new("sem-ghost-trunc", true);
+    let study = rig.instances("study", 2, 61);
+    let _m = Mount::new(&rig.src, &rig.mnt, &[]);
+    let ghost = rig.mnt.join("a.dcm");
+    std::fs::copy(study.join("im0000.dcm"), &ghost).unwrap();
+    // open(O_WRONLY|O_TRUNC) of the ghost: the same bytes again change nothing...
+    std::fs::copy(study.join("im0000.dcm"), &ghost).expect("the same instance onto its ghost");
+    assert_eq!(referenced(&rig.mnt).len(), 1);
+    // ...another instance under the same name is copied in as a new one.
+    std::fs::copy(study.join("im0001.dcm"), &ghost).expect("another instance onto the ghost");
+    assert_eq!(referenced(&rig.mnt).len(), 2);
+}
+
+#[test]
 fn semantics_ghosts_copy_in_folders_and_native_directories() {
     let rig = Rig::new("sem-ghost", true);
     let study = rig.instances("study", 3, 59);
     let _m = Mount::new(&rig.src, &rig.mnt, &[]);
-    // A ghost: utimes kept, unlink removes the name only. (Copying onto a ghost with O_TRUNC
-    // answers EPERM today: the kernel sends the truncate as a SETATTR before the open, since
-    // FUSE_ATOMIC_O_TRUNC is not asked for in src/fuse.rs init.)
+    // A ghost: utimes kept, unlink removes the name only.
     let ghost = rig.mnt.join("a.dcm");
     std::fs::copy(study.join("im0000.dcm"), &ghost).unwrap();
     assert!(!std::fs::read_dir(&rig.mnt)
