@@ -245,7 +245,8 @@ impl Filesystem for FuseFs {
             };
             if let Some(id) = id {
                 b.by_fh.insert(fh, id.clone());
-                return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                // A read-only handle has nothing to do at close: no FLUSH round trip.
+                return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id);
             }
         }
         // Instance files never change; the DICOMDIR and files being copied in do.
@@ -253,9 +254,9 @@ impl Filesystem for FuseFs {
         reply.opened(
             FileHandle(fh),
             if keep {
-                FopenFlags::FOPEN_KEEP_CACHE
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
             } else {
-                FopenFlags::empty()
+                FopenFlags::FOPEN_NOFLUSH
             },
         )
     }
@@ -271,10 +272,22 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.vfs.read(ino.0, offset, size as usize) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno(&e)),
+        thread_local! {
+            // One read buffer per FUSE thread: a fresh allocation per request would fault in
+            // (and zero) its pages every time.
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        BUF.with(|b| {
+            let mut b = b.borrow_mut();
+            let size = (size as usize).min(16 << 20);
+            if b.len() < size {
+                b.resize(size, 0);
+            }
+            match self.vfs.read_into(ino.0, offset, &mut b[..size]) {
+                Ok(n) => reply.data(&b[..n]),
+                Err(e) => reply.error(errno(&e)),
+            }
+        })
     }
 
     fn release(

@@ -713,18 +713,23 @@ impl Vfs {
 
     /// Read bytes of a file.
     pub fn read(&self, ino: u64, offset: u64, size: usize) -> Result<Vec<u8>> {
-        let path = match self.file_path(ino) {
-            Ok(p) => p,
-            Err(Error::NotFound { .. }) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
         let mut buf = vec![0u8; size.min(16 << 20)];
-        let n = self
-            .medium()
-            .read_at(&path, offset, &mut buf)
-            .map_err(|e| Error::medium(path, e))?;
+        let n = self.read_into(ino, offset, &mut buf)?;
         buf.truncate(n);
         Ok(buf)
+    }
+
+    /// [`Vfs::read`] into the caller's buffer (the FUSE adapter reuses one per thread):
+    /// the number of bytes read, short only at the end of the file.
+    pub fn read_into(&self, ino: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let path = match self.file_path(ino) {
+            Ok(p) => p,
+            Err(Error::NotFound { .. }) => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        self.medium()
+            .read_at(&path, offset, buf)
+            .map_err(|e| Error::medium(path, e))
     }
 
     /// Space on the medium (M-INQUIRE FILE-SET).
