@@ -530,13 +530,20 @@ impl Filesystem for FuseFs {
                         FopenFlags::empty(),
                         id,
                     ),
-                    None => reply.created(
-                        &self.ttl,
-                        &self.attr(&a),
-                        Generation(0),
-                        FileHandle(fh),
-                        FopenFlags::empty(),
-                    ),
+                    None => {
+                        // Writes come through the daemon (no passthrough, e.g. on FAT): a
+                        // 1 MiB block size makes cp write in 1 MiB requests, a quarter of the
+                        // round trips of the default 128 KiB.
+                        let mut attr = self.attr(&a);
+                        attr.blksize = 1 << 20;
+                        reply.created(
+                            &self.ttl,
+                            &attr,
+                            Generation(0),
+                            FileHandle(fh),
+                            FopenFlags::empty(),
+                        )
+                    }
                 }
                 self.keep_backing(fh, id);
             }
