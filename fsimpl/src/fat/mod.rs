@@ -859,16 +859,20 @@ impl Fat {
         let on_disk = st.nodes[id].slot.is_some();
         if clusters > have {
             let tail = chain.last().map(|r| r.start + r.len - 1);
+            drop(chain);
             let new = self.alloc(st, clusters - have, tail)?;
-            let mut ch = (*chain).clone();
+            // Extend in place (no copy of the runs unless a reader holds them right now), so
+            // writing a file in pieces costs nothing that grows with its size.
+            let mut arc = st.nodes[id].chain.take().unwrap_or_default();
+            let ch = Arc::make_mut(&mut arc);
             for &c in &new {
-                push_cluster(&mut ch, c);
+                push_cluster(ch, c);
             }
+            st.nodes[id].chain = Some(arc);
             match tail {
                 Some(t) => st.mem[t as usize] = new[0],
                 None => st.nodes[id].entry.first = new[0],
             }
-            st.nodes[id].chain = Some(Arc::new(ch));
             Ok(new)
         } else if clusters < have {
             let all: Vec<u32> = chain_clusters(&chain).collect();
