@@ -133,6 +133,12 @@ pub fn create(medium: &dyn Medium, fileset_id: &str, fileset_uid: &str) -> Resul
         let _ = medium.remove(DICOMDIR);
         return Err(wrap(e));
     }
+    // PS3.10 8.1 note 1: on media with a volume label, the label carries the File-set ID.
+    if !fileset_id.trim().is_empty() {
+        medium
+            .set_label(fileset_id.trim())
+            .map_err(|e| Error::medium(medium.describe(), e))?;
+    }
     Ok(())
 }
 

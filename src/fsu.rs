@@ -1256,6 +1256,14 @@ impl Live {
         if !self.writable {
             return Ok(());
         }
+        self.close_fileset()?;
+        // Last: the medium's own clean state (on FAT: metadata, FSInfo, the dirty bit).
+        self.medium
+            .close()
+            .map_err(|e| Error::medium(self.medium.describe(), e))
+    }
+
+    fn close_fileset(&self) -> Result<()> {
         self.commit()?;
         if !self.staging.load(Ordering::Acquire) {
             return Ok(());

@@ -130,12 +130,22 @@ static PARTITION: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::n
 /// The medium in SOURCE: a host directory, or a FAT block device or image file, opened for
 /// writing if `writable`.
 fn open_medium(source: &Path, writable: bool) -> Result<Arc<dyn fsimpl::Medium>, Error> {
+    open_medium_how(source, writable, false)
+}
+
+/// [`open_medium`], also for writing a medium that was not cleanly unmounted (`allow_dirty`).
+fn open_medium_how(
+    source: &Path,
+    writable: bool,
+    allow_dirty: bool,
+) -> Result<Arc<dyn fsimpl::Medium>, Error> {
     let how = fsimpl::SourceOptions {
         partition: match PARTITION.load(std::sync::atomic::Ordering::Relaxed) {
             0 => None,
             n => Some(n),
         },
         writable,
+        allow_dirty,
     };
     fsimpl::open_source(source, &how).map_err(|e| Error::medium(source.display().to_string(), e))
 }
@@ -226,7 +236,9 @@ fn main() -> ExitCode {
                 }
             };
             let uid = synth::fresh_uid();
-            match dicomfs::fileset::create(&*m, &fileset_id, &uid) {
+            let made = dicomfs::fileset::create(&*m, &fileset_id, &uid)
+                .and_then(|_| m.close().map_err(|e| Error::medium(m.describe(), e)));
+            match made {
                 Ok(()) => {
                     println!(
                         "{}: new File-set {fileset_id:?}, UID {uid}",
@@ -250,7 +262,12 @@ fn main() -> ExitCode {
                 }
             };
             let t = std::time::Instant::now();
-            match dicomfs::rebuild::rebuild(&m, &|_, _| {}) {
+            let built = dicomfs::rebuild::rebuild(&m, &|_, _| {}).and_then(|r| {
+                m.close()
+                    .map(|_| r)
+                    .map_err(|e| Error::medium(m.describe(), e))
+            });
+            match built {
                 Ok(r) => {
                     for line in &r.refused {
                         println!("not taken: {line}");
@@ -529,11 +546,15 @@ fn mount_foreground(m: &MountArgs, ready: Option<RawFd>) -> ExitCode {
             m.source.display()
         );
         writable = false;
+        if let Err(e) = medium.close() {
+            log::warn!("{}: {e}", m.source.display());
+        }
     }
     if writable {
         // Can the medium be written at all (a CD, a read-only directory)?
-        let probe = format!("{}.probe", dicomfs::fsu::STAGING);
-        match medium.mkdir(&probe).and_then(|_| medium.rmdir(&probe)) {
+        // An 8.3 name, which any medium can hold.
+        let probe = "DICOMFS.PRB";
+        match medium.mkdir(probe).and_then(|_| medium.rmdir(probe)) {
             Ok(()) => {}
             Err(e) => {
                 log::warn!(
@@ -541,6 +562,9 @@ fn mount_foreground(m: &MountArgs, ready: Option<RawFd>) -> ExitCode {
                     m.source.display()
                 );
                 writable = false;
+                if let Err(e) = medium.close() {
+                    log::warn!("{}: {e}", m.source.display());
+                }
             }
         }
     }
@@ -627,14 +651,30 @@ fn mount_foreground(m: &MountArgs, ready: Option<RawFd>) -> ExitCode {
 }
 
 fn do_repair(source: &Path) -> Result<(), ExitCode> {
-    let m = match open_medium(source, true) {
+    let m = match open_medium_how(source, true, true) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("dicomfs: {e}");
             return Err(ExitCode::from(EXIT_COULD_NOT_RUN));
         }
     };
-    match dicomfs::fsu::repair(&m, &Profile::default()) {
+    match m.repair_medium() {
+        Ok(lines) => {
+            for line in &lines {
+                println!("repaired: {line}");
+            }
+        }
+        Err(e) => {
+            eprintln!("dicomfs: repair: {}: {e}", m.describe());
+            return Err(ExitCode::from(EXIT_COULD_NOT_RUN));
+        }
+    }
+    let result = dicomfs::fsu::repair(&m, &Profile::default());
+    if let Err(e) = m.close() {
+        eprintln!("dicomfs: repair: {}: {e}", m.describe());
+        return Err(ExitCode::from(EXIT_COULD_NOT_RUN));
+    }
+    match result {
         Ok(report) => {
             for line in &report {
                 println!("repaired: {line}");

@@ -99,6 +99,16 @@ pub trait Medium: Send + Sync {
     fn close(&self) -> io::Result<()> {
         Ok(())
     }
+    /// Repair what a crash left in the medium's own structures (on FAT: lost clusters, chains
+    /// longer than their file, the dirty bit); one line per change. Needs a medium opened
+    /// writable with `allow_dirty`.
+    fn repair_medium(&self) -> io::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+    /// Set the volume label, on media that have one (FAT); others ignore it.
+    fn set_label(&self, _label: &str) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// How to open a SOURCE given on the command line.
@@ -108,6 +118,8 @@ pub struct SourceOptions {
     pub partition: Option<u32>,
     /// Open for writing.
     pub writable: bool,
+    /// Open for writing even a medium that was not cleanly unmounted (for repair).
+    pub allow_dirty: bool,
 }
 
 /// Open SOURCE: a directory is a [`HostDir`]; a block device or regular file is a FAT volume
@@ -129,6 +141,7 @@ pub fn open_source(
     let opts = FatOptions {
         partition: how.partition,
         writable: how.writable,
+        allow_dirty: how.allow_dirty,
     };
     Ok(std::sync::Arc::new(Fat::open_path(path, &opts)?))
 }
