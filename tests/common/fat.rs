@@ -187,7 +187,7 @@ impl Img {
             .arg(format!("::/{dir}")));
         let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter_map(|l| l.rsplit('/').next().map(str::to_string))
+            .filter_map(|l| l.trim_end_matches('/').rsplit('/').next().map(str::to_string))
             .filter(|n| !n.is_empty() && n != "." && n != "..")
             .collect();
         v.sort();
@@ -603,4 +603,22 @@ pub fn assert_fat_oracles_pass(img: &Img, scratch: &Path) -> PathBuf {
     img.mcopy_out(&out, &[]);
     assert_oracles_pass(&out);
     out
+}
+
+/// Rename every file and directory below `dir` to uppercase (a copy of a lowercase medium,
+/// before the oracles, which look for `DICOMDIR` and uppercase File IDs).
+pub fn upcase_tree(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let mut p = e.path();
+        let up = e.file_name().to_string_lossy().to_uppercase();
+        if *up != *e.file_name().to_string_lossy() {
+            let q = dir.join(&up);
+            std::fs::rename(&p, &q).unwrap();
+            p = q;
+        }
+        if p.is_dir() {
+            upcase_tree(&p);
+        }
+    }
 }
