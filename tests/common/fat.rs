@@ -9,6 +9,10 @@
 //! - a chain longer than the file: exit 1, `/PATH` then `File size is N bytes, cluster chain
 //!   length is > M bytes.`;
 //! - FSInfo free count wrong (FAT32): exit 1, `Free cluster summary wrong (A vs. really B)`;
+//!   unset (0xFFFFFFFF): `Free cluster summary uninitialized (should be B)`;
+//! - FAT32 with the dirty bit in the boot sector but not in its backup: `There are differences
+//!   between boot sector and its backup.` then `65:01/00`;
+//! - FAT copies that differ: `FATs differ but appear to be intact.` `Using first FAT.`;
 //! - every finding is followed by `Leaving filesystem unchanged.`
 #![allow(dead_code)]
 
@@ -432,8 +436,13 @@ pub enum FsckFinding {
     LostClusters,
     /// A chain longer than its file's size.
     ChainLonger(String),
-    /// FSInfo's free count (advisory) is wrong.
+    /// FSInfo's free count (advisory) is wrong or unset.
     FreeCount,
+    /// FAT32: the boot sector and its backup differ only in the dirty bit.
+    BackupBootDirty,
+    /// The FAT copies differ but each is consistent (a crash between writing the first and
+    /// the second copy, as a kernel driver can leave too); fsck.fat uses the first.
+    FatsDiffer,
     Other(String),
 }
 
@@ -467,7 +476,33 @@ pub fn fsck_path(p: &Path) -> Fsck {
             findings.push(FsckFinding::DirtyBit);
         } else if l.starts_with("Reclaimed ") && l.contains("unused cluster") {
             findings.push(FsckFinding::LostClusters);
-        } else if l.starts_with("Free cluster summary wrong") {
+        } else if l.starts_with("There are differences between boot sector and its backup") {
+            // Lines of "OFFSET:ORIGINAL/BACKUP" follow. Only the dirty bit (FAT32: byte 65)
+            // differing is what a kernel driver leaves (it marks only the first copy).
+            let mut offsets = Vec::new();
+            while let Some(n) = lines.get(i + 1).map(|x| x.trim()) {
+                if n.starts_with("This is mostly harmless") {
+                } else if let Some((o, _)) = n.split_once(':').filter(|(o, v)| {
+                    o.chars().all(|c| c.is_ascii_digit()) && v.contains('/')
+                }) {
+                    offsets.push(o.parse::<u32>().unwrap_or(0));
+                } else if n.starts_with("Not automatically fixing") {
+                } else {
+                    break;
+                }
+                i += 1;
+            }
+            if offsets == [65] {
+                findings.push(FsckFinding::BackupBootDirty);
+            } else {
+                findings.push(FsckFinding::Other(format!(
+                    "boot sector and backup differ at {offsets:?}"
+                )));
+            }
+        } else if l.starts_with("FATs differ but appear to be intact") {
+            findings.push(FsckFinding::FatsDiffer);
+        } else if l.starts_with("Using first FAT") {
+        } else if l.starts_with("Free cluster summary") {
             findings.push(FsckFinding::FreeCount);
         } else if l.starts_with('/')
             && lines
@@ -501,9 +536,9 @@ pub fn assert_fsck_clean(img: &Img) {
 }
 
 /// `fsck.fat -n` finds at most what a pulled stick leaves under a kernel driver (the dirty bit,
-/// lost clusters, FSInfo's free count) or what the FAT layer's crash plan allows (a chain
-/// longer than its file).
-pub fn assert_fsck_only_crash_damage(img: &Img) -> Fsck {
+/// lost clusters, FSInfo's free count, FAT copies that differ but are each intact) or what the
+/// FAT layer's crash plan allows (a chain longer than its file).
+pub fn assert_fsck_only_crash_damage(img: &Img, what: &str) -> Fsck {
     let f = img.fsck();
     let bad: Vec<&FsckFinding> = f
         .findings
@@ -512,7 +547,7 @@ pub fn assert_fsck_only_crash_damage(img: &Img) -> Fsck {
         .collect();
     assert!(
         bad.is_empty(),
-        "fsck.fat -n {} found more than crash damage: {bad:?}\n{}",
+        "{what}: fsck.fat -n {} found more than crash damage: {bad:?}\n{}",
         img.path.display(),
         f.out
     );
