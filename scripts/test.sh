@@ -36,7 +36,7 @@ if ls man/*.[1-8] >/dev/null 2>&1; then
     out=$(mandoc -T lint -W warning man/*.[1-8] 2>&1 || true)
     if [ -n "$out" ]; then echo "$out"; exit 1; fi
 fi
-echo "== fuzz smoke runs of the DICOMDIR parser and the instance reader/transcoder"
+echo "== fuzz smoke runs of the DICOMDIR parser, the instance reader/transcoder and the FAT medium"
 if [ "${SKIP_FUZZ:-0}" != 1 ]; then
     command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
     # Only a stable toolchain exists here: RUSTC_BOOTSTRAP lets cargo-fuzz use its nightly flags.
@@ -49,6 +49,10 @@ if [ "${SKIP_FUZZ:-0}" != 1 ]; then
     RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir tests/fuzz instance \
         tests/fuzz/corpus/instance tests/fuzz/seeds/instance -- \
         -malloc_limit_mb=64 -max_total_time="${FUZZ_SECONDS:-30}"
+    mkdir -p tests/fuzz/corpus/fat
+    RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir tests/fuzz fat \
+        tests/fuzz/corpus/fat tests/fuzz/seeds/fat -- \
+        -malloc_limit_mb=64 -max_len=1048576 -max_total_time="${FUZZ_SECONDS:-30}"
 fi
 echo "== cargo test (unit tests, then tests that really mount)"
 log=$(mktemp)

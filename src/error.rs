@@ -68,6 +68,7 @@ impl Error {
                 io::ErrorKind::DirectoryNotEmpty => libc::ENOTEMPTY,
                 io::ErrorKind::NotADirectory => libc::ENOTDIR,
                 io::ErrorKind::IsADirectory => libc::EISDIR,
+                io::ErrorKind::ResourceBusy => libc::EBUSY,
                 _ => libc::EIO,
             }),
             Error::Malformed { .. } | Error::Invalid { .. } => libc::EIO,

@@ -1218,7 +1218,7 @@ impl Live {
         // Directory entry counts of series directories shrank; re-count lazily.
         st.dirs.retain(|_, _| false);
         st.generation += 1;
-        log::info!("{} instance(s) deleted", files.len());
+        log::debug!("{} instance(s) deleted", files.len());
         Ok(())
     }
 

@@ -177,6 +177,9 @@ impl Filesystem for FuseFs {
             log::info!("FUSE passthrough not available: reads go through the daemon");
         }
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // O_TRUNC arrives with the open, so `cp` onto a ghost re-stages the name instead of
+        // a separate truncate of a file that is no longer being copied.
+        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
         // Listings carry attributes, so `find`/`ls -l` need no lookup per entry.
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         Ok(())

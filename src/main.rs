@@ -1,5 +1,11 @@
 //! The `dicomfs` command: mount a File-set, list it, check it, make a demo one.
 
+mod info;
+#[path = "log.rs"]
+mod logsink;
+mod mount;
+mod progress;
+
 use clap::{Parser, Subcommand};
 use dicomfs::dicomdir::Severity;
 use dicomfs::fileset::FileSet;
@@ -7,7 +13,8 @@ use dicomfs::fsu::{Live, Profile};
 use dicomfs::fuse::FuseFs;
 use dicomfs::vfs::{self, Options, Vfs, View};
 use dicomfs::{synth, Error};
-use std::io::{Read, Write};
+use std::ffi::OsString;
+use std::io::{BufRead, Write};
 use std::os::fd::{FromRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -67,7 +74,9 @@ enum Cmd {
         #[arg(long, default_value = "default")]
         profile: Profile,
         /// Mount options, comma-separated: ro, rw, view=native|dcm|both, case_insensitive,
-        /// allow_other, no_passthrough, log_file=PATH, create, profile=NAME.
+        /// allow_other, no_passthrough, log_file=PATH, create, profile=NAME, partition=N,
+        /// foreground; fstab's noauto, nofail, user, ... are accepted; nosuid, noexec, noatime,
+        /// ... go to mount(2).
         #[arg(short = 'o', value_delimiter = ',')]
         options: Vec<String>,
     },
@@ -84,6 +93,10 @@ enum Cmd {
     Rebuild { source: PathBuf },
     /// List the patient / study / series / instance tree of the DICOMDIR in SOURCE.
     Ls { source: PathBuf },
+    /// Describe the File-set in SOURCE: File-set ID and UID, medium and free space, counts by
+    /// patient, study, series and modality, transfer syntaxes, and the PS3.11 profiles it
+    /// conforms to (naming what breaks the others). Exit 0, or 8 if SOURCE cannot be read.
+    Info { source: PathBuf },
     /// Check the File-set in SOURCE. Exit 0 clean, 4 errors found, 8 could not run.
     Check {
         source: PathBuf,
@@ -154,8 +167,54 @@ fn open_fileset(source: &Path) -> Result<FileSet, Error> {
     FileSet::open(open_medium(source, false)?)
 }
 
+/// The medium of a command that writes (init, rebuild, check --repair), with SOURCE locked
+/// against a mount or another such command; closed (`Medium::close`) when dropped.
+struct Writing {
+    medium: Arc<dyn fsimpl::Medium>,
+    _lock: std::fs::File,
+}
+
+impl Writing {
+    fn open(source: &Path) -> Result<Writing, String> {
+        Writing::open_how(source, false)
+    }
+
+    /// With `allow_dirty`, also a medium that was not cleanly unmounted (for repair).
+    fn open_how(source: &Path, allow_dirty: bool) -> Result<Writing, String> {
+        let lock = mount::lock_source(source, true)?;
+        let medium = open_medium_how(source, true, allow_dirty).map_err(|e| e.to_string())?;
+        Ok(Writing {
+            medium,
+            _lock: lock,
+        })
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        if let Err(e) = self.medium.close() {
+            eprintln!("dicomfs: {}: {e}", self.medium.describe());
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let argv0 = argv.first().cloned().unwrap_or_default();
+    // The arguments after the program name, as `dicomfs` takes them.
+    let args: Vec<OsString> = match mount::personality(&argv0) {
+        mount::Personality::Dicomfs => argv.iter().skip(1).cloned().collect(),
+        mount::Personality::UmountHelper => return mount::umount_helper(&argv[1..]),
+        mount::Personality::MountHelper => match mount::helper_args(&argv[1..]) {
+            Ok(Some(a)) => a,
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{}: {e}", argv0.to_string_lossy());
+                return ExitCode::from(1);
+            }
+        },
+    };
+    let cli = Cli::parse_from(std::iter::once(OsString::from("dicomfs")).chain(args.clone()));
     PARTITION.store(
         cli.partition.unwrap_or(0),
         std::sync::atomic::Ordering::Relaxed,
@@ -175,7 +234,12 @@ fn main() -> ExitCode {
             mut profile,
             options,
         } => {
+            let mut foreground = foreground;
+            let mut ms = mount::MsFlags::default();
             for o in options.iter().filter(|o| !o.is_empty()) {
+                if mount::is_userspace_option(o) || ms.apply(o) {
+                    continue;
+                }
                 let (k, v) = o.split_once('=').unwrap_or((o, ""));
                 match (k, v) {
                     ("ro", _) => read_only = true,
@@ -185,8 +249,7 @@ fn main() -> ExitCode {
                         Ok(p) => profile = p,
                         Err(e) => return usage(&e),
                     },
-                    ("noauto", _) | ("nofail", _) | ("user", _) | ("users", _) | ("_netdev", _) => {
-                    }
+                    ("foreground", _) => foreground = true,
                     ("view", v) => match v.parse() {
                         Ok(x) => view = x,
                         Err(e) => return usage(&e),
@@ -214,31 +277,36 @@ fn main() -> ExitCode {
                 read_only,
                 create,
                 profile,
+                ms,
             };
             if foreground {
-                init_log(None, false);
+                logsink::init(match &log_file {
+                    Some(f) => logsink::Sink::File(f),
+                    None => logsink::Sink::Stderr,
+                });
                 mount_foreground(&m, None)
             } else if let Ok(fd) = std::env::var("DICOMFS_READY_FD") {
-                init_log(log_file.as_deref(), true);
+                logsink::init(match &log_file {
+                    Some(f) => logsink::Sink::File(f),
+                    None => logsink::Sink::Syslog,
+                });
                 let fd: RawFd = fd.parse().unwrap_or(-1);
                 mount_foreground(&m, Some(fd))
             } else {
-                mount_background()
+                mount_background(&args, &m.source)
             }
         }
         Cmd::Init { source, fileset_id } => {
-            init_log(None, false);
-            let m = match open_medium(&source, true) {
-                Ok(m) => m,
+            logsink::init(logsink::Sink::Stderr);
+            let w = match Writing::open(&source) {
+                Ok(w) => w,
                 Err(e) => {
                     eprintln!("dicomfs: {e}");
                     return ExitCode::from(1);
                 }
             };
             let uid = synth::fresh_uid();
-            let made = dicomfs::fileset::create(&*m, &fileset_id, &uid)
-                .and_then(|_| m.close().map_err(|e| Error::medium(m.describe(), e)));
-            match made {
+            match dicomfs::fileset::create(&*w.medium, &fileset_id, &uid) {
                 Ok(()) => {
                     println!(
                         "{}: new File-set {fileset_id:?}, UID {uid}",
@@ -253,21 +321,22 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Rebuild { source } => {
-            init_log(None, false);
-            let m = match open_medium(&source, true) {
-                Ok(m) => m,
+            logsink::init(logsink::Sink::Stderr);
+            let w = match Writing::open(&source) {
+                Ok(w) => w,
                 Err(e) => {
                     eprintln!("dicomfs: {e}");
                     return ExitCode::from(EXIT_COULD_NOT_RUN);
                 }
             };
             let t = std::time::Instant::now();
-            let built = dicomfs::rebuild::rebuild(&m, &|_, _| {}).and_then(|r| {
-                m.close()
-                    .map(|_| r)
-                    .map_err(|e| Error::medium(m.describe(), e))
-            });
-            match built {
+            let bar = parking_lot::Mutex::new(progress::Progress::new(
+                format!("rebuilding {}", source.display()),
+                "files",
+            ));
+            let r = dicomfs::rebuild::rebuild(&w.medium, &|n, total| bar.lock().update(n, total));
+            bar.lock().finish();
+            match r {
                 Ok(r) => {
                     for line in &r.refused {
                         println!("not taken: {line}");
@@ -289,15 +358,28 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Ls { source } => {
-            init_log(None, false);
+            logsink::init(logsink::Sink::Stderr);
             ls(&source)
+        }
+        Cmd::Info { source } => {
+            logsink::init(logsink::Sink::Stderr);
+            match open_fileset(&source) {
+                Ok(fs) => {
+                    print!("{}", info::info(&source, &fs));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("dicomfs: {e}");
+                    ExitCode::from(EXIT_COULD_NOT_RUN)
+                }
+            }
         }
         Cmd::Check {
             source,
             verbose,
             repair,
         } => {
-            init_log(None, false);
+            logsink::init(logsink::Sink::Stderr);
             if repair {
                 if let Err(code) = do_repair(&source) {
                     return code;
@@ -317,7 +399,7 @@ fn main() -> ExitCode {
             no_files,
             seed,
         } => {
-            init_log(None, false);
+            logsink::init(logsink::Sink::Stderr);
             if dir.join("DICOMDIR").exists() {
                 eprintln!(
                     "dicomfs: {}: already holds a DICOMDIR; not overwriting it",
@@ -371,62 +453,13 @@ struct MountArgs {
     read_only: bool,
     create: bool,
     profile: Profile,
+    /// Flags for mount(2) (nosuid, nodev, noexec, ...).
+    ms: mount::MsFlags,
 }
 
-/// Messages go to syslog through /dev/log (RFC 3164 framing), one datagram per record.
-struct Syslog(std::os::unix::net::UnixDatagram);
-
-impl Write for Syslog {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let msg = String::from_utf8_lossy(buf);
-        for line in msg.lines().filter(|l| !l.is_empty()) {
-            let pri = if line.contains("ERROR") {
-                11
-            } else if line.contains("WARN") {
-                12
-            } else {
-                14
-            };
-            let _ = self
-                .0
-                .send(format!("<{pri}>dicomfs[{}]: {line}", std::process::id()).as_bytes());
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn init_log(file: Option<&Path>, background: bool) {
-    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    if background {
-        let target: Option<Box<dyn Write + Send>> = match file {
-            Some(f) => std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(f)
-                .ok()
-                .map(|f| Box::new(f) as Box<dyn Write + Send>),
-            None => std::os::unix::net::UnixDatagram::unbound()
-                .and_then(|s| s.connect("/dev/log").map(|_| s))
-                .ok()
-                .map(|s| Box::new(Syslog(s)) as Box<dyn Write + Send>),
-        };
-        match target {
-            Some(t) => {
-                b.target(env_logger::Target::Pipe(t));
-            }
-            None => {
-                b.filter_level(log::LevelFilter::Off);
-            }
-        }
-    }
-    let _ = b.try_init();
-}
-
-/// Re-run ourselves detached, with a pipe on which the child says when the mount is live.
-fn mount_background() -> ExitCode {
+/// Re-run ourselves detached with `args`, with a pipe on which the child reports its progress
+/// (`P phase`) and then says whether the mount is live (`OK`, or `ERR message`).
+fn mount_background(args: &[OsString], source: &Path) -> ExitCode {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: fds is a valid array of two ints.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
@@ -444,11 +477,11 @@ fn mount_background() -> ExitCode {
         }
     };
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(std::env::args_os().skip(1))
+    cmd.args(args)
         .env("DICOMFS_READY_FD", wr.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
-    // The daemon logs to --log-file or syslog (see init_log), never to our terminal.
+    // The daemon logs to --log-file or syslog (see logsink), never to our terminal.
     cmd.stderr(std::process::Stdio::null());
     use std::os::unix::process::CommandExt;
     // SAFETY: setsid is async-signal-safe.
@@ -469,33 +502,56 @@ fn mount_background() -> ExitCode {
         }
     };
     // SAFETY: rd is an open fd we own; File takes ownership.
-    let mut pipe = unsafe { std::fs::File::from_raw_fd(rd) };
-    let mut msg = String::new();
-    let _ = pipe.read_to_string(&mut msg);
-    if msg.starts_with("OK") {
-        return ExitCode::SUCCESS;
+    let pipe = std::io::BufReader::new(unsafe { std::fs::File::from_raw_fd(rd) });
+    let mut ticker = progress::Ticker::start(format!("mounting {}", source.display()));
+    let mut err = String::new();
+    for line in pipe.lines() {
+        let Ok(line) = line else { break };
+        if let Some(p) = line.strip_prefix("P ") {
+            ticker.set(p);
+        } else if line.starts_with("OK") {
+            return ExitCode::SUCCESS;
+        } else if let Some(e) = line.strip_prefix("ERR ") {
+            err = e.to_string();
+        }
     }
+    ticker.stop();
     let _ = child.wait();
-    let msg = msg.trim().strip_prefix("ERR ").unwrap_or(msg.trim());
     eprintln!(
         "dicomfs: {}",
-        if msg.is_empty() {
+        if err.is_empty() {
             "the daemon exited before the mount was live"
         } else {
-            msg
+            &err
         }
     );
     ExitCode::from(1)
 }
 
+/// Closes the medium of a mount when the daemon ends, however it ends (`Medium::close`: on FAT,
+/// metadata written and the dirty bit cleared), after the File-set's own closing.
+struct CloseMedium(Option<Arc<dyn fsimpl::Medium>>);
+
+impl Drop for CloseMedium {
+    fn drop(&mut self) {
+        if let Some(m) = self.0.take() {
+            match m.close() {
+                Ok(()) => log::debug!("{}: closed", m.describe()),
+                Err(e) => log::error!("{}: closing the medium: {e}", m.describe()),
+            }
+        }
+    }
+}
+
 fn mount_foreground(m: &MountArgs, ready: Option<RawFd>) -> ExitCode {
     // SAFETY: the fd was handed to us by our parent for this purpose.
-    let mut ready = ready
+    let ready = ready
         .filter(|&fd| fd >= 0)
         .map(|fd| unsafe { std::fs::File::from_raw_fd(fd) });
-    let fail = |ready: &mut Option<std::fs::File>, msg: String| {
+    let ready = parking_lot::Mutex::new(ready);
+    let fail = |msg: String| {
         log::error!("{msg}");
-        match ready {
+        match &mut *ready.lock() {
             Some(f) => {
                 let _ = writeln!(f, "ERR {msg}");
             }
@@ -503,17 +559,32 @@ fn mount_foreground(m: &MountArgs, ready: Option<RawFd>) -> ExitCode {
         }
         ExitCode::from(1)
     };
-    let medium = match open_medium(&m.source, !m.read_only) {
-        Ok(x) => x,
+    let mut ticker = progress::Ticker::start(format!("mounting {}", m.source.display()));
+    let phase = |p: &str| match &mut *ready.lock() {
+        Some(f) => {
+            let _ = writeln!(f, "P {p}");
+        }
+        None => ticker.set(p),
+    };
+    // One writer per SOURCE, for the life of this process: the lock goes when the process
+    // exits, after the medium is closed (umount.fuse.dicomfs waits for it).
+    match mount::lock_source(&m.source, !m.read_only) {
+        Ok(l) => std::mem::forget(l),
+        Err(e) => return fail(e),
+    }
+    phase("opening the medium");
+    let (medium, opened_writable) = match open_medium(&m.source, !m.read_only) {
+        Ok(x) => (x, !m.read_only),
         Err(e) if !m.read_only && matches!(e.errno(), libc::EROFS | libc::EACCES | libc::EPERM) => {
             log::warn!("{e}; mounting read-only");
             match open_medium(&m.source, false) {
-                Ok(x) => x,
-                Err(e) => return fail(&mut ready, e.to_string()),
+                Ok(x) => (x, false),
+                Err(e) => return fail(e.to_string()),
             }
         }
-        Err(e) => return fail(&mut ready, e.to_string()),
+        Err(e) => return fail(e.to_string()),
     };
+    let _close = CloseMedium(opened_writable.then(|| medium.clone()));
     if m.create
         && !m.read_only
         && medium.stat("DICOMDIR").is_err()
@@ -521,13 +592,14 @@ fn mount_foreground(m: &MountArgs, ready: Option<RawFd>) -> ExitCode {
     {
         let uid = synth::fresh_uid();
         if let Err(e) = dicomfs::fileset::create(&*medium, "", &uid) {
-            return fail(&mut ready, e.to_string());
+            return fail(e.to_string());
         }
         log::info!("{}: new File-set, UID {uid}", m.source.display());
     }
+    phase("reading the DICOMDIR");
     let fs = match FileSet::open(medium.clone()) {
         Ok(f) => f,
-        Err(e) => return fail(&mut ready, e.to_string()),
+        Err(e) => return fail(e.to_string()),
     };
     for f in fs
         .dir
@@ -539,7 +611,7 @@ fn mount_foreground(m: &MountArgs, ready: Option<RawFd>) -> ExitCode {
         log::warn!("{}: DICOMDIR: {}", m.source.display(), f.message);
     }
     let t = std::time::Instant::now();
-    let mut writable = !m.read_only;
+    let mut writable = opened_writable;
     if writable && fs.spelling == dicomfs::fileset::Spelling::Lower {
         log::warn!(
             "{}: File IDs are spelled in lowercase on this medium; mounting read-only",
@@ -568,9 +640,10 @@ fn mount_foreground(m: &MountArgs, ready: Option<RawFd>) -> ExitCode {
             }
         }
     }
+    phase(&format!("indexing {} records", fs.dir.records.len()));
     let live = match Live::open(fs, writable, m.profile.clone()) {
         Ok(l) => Arc::new(l),
-        Err(e) => return fail(&mut ready, e.to_string()),
+        Err(e) => return fail(e.to_string()),
     };
     let vfs = Vfs::with_live(live, m.opts.clone());
     log::info!(
@@ -580,9 +653,11 @@ fn mount_foreground(m: &MountArgs, ready: Option<RawFd>) -> ExitCode {
         vfs.instances,
         t.elapsed()
     );
+    phase("mounting");
     let mut cfg = fuser::Config::default();
+    let fsname = mount::absolute(&m.source).display().to_string();
     cfg.mount_options = vec![
-        fuser::MountOption::FSName(m.source.display().to_string()),
+        fuser::MountOption::FSName(fsname.clone()),
         fuser::MountOption::Subtype("dicomfs".into()),
         if writable {
             fuser::MountOption::RW
@@ -608,73 +683,151 @@ fn mount_foreground(m: &MountArgs, ready: Option<RawFd>) -> ExitCode {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     };
-    let mut session =
-        match fuser::Session::new(FuseFs::new(vfs, m.passthrough), &m.mountpoint, &cfg) {
-            Ok(s) => s,
-            Err(e) => {
-                return fail(
-                    &mut ready,
-                    format!("cannot mount on {}: {e}", m.mountpoint.display()),
-                )
+    let mp = mount::absolute(&m.mountpoint);
+    let fs = FuseFs::new(vfs, m.passthrough);
+    // As root, mount(2) here, so the mount's type is fuse.dicomfs (umount runs
+    // umount.fuse.dicomfs, which waits for us); otherwise fusermount3 mounts it.
+    // SAFETY: geteuid cannot fail.
+    let session = if unsafe { libc::geteuid() } == 0 {
+        match mount::mount_fuse(&fsname, &mp, !writable, m.allow_other, m.ms) {
+            Ok(fd) => {
+                let acl = if m.allow_other {
+                    fuser::SessionACL::All
+                } else {
+                    fuser::SessionACL::Owner
+                };
+                let s = fuser::Session::from_fd(fs, fd, acl, cfg);
+                if s.is_err() {
+                    let _ = mount::unmount(&mp);
+                }
+                s
             }
-        };
-    let mut unmounter = session.unmount_callable();
-    let mp = m.mountpoint.clone();
-    std::thread::spawn(move || {
-        let mut sig: libc::c_int = 0;
-        // SAFETY: set is a valid signal set; sig is an out-parameter.
-        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-            log::info!("signal {sig}: unmounting {}", mp.display());
-            if let Err(e) = unmounter.unmount() {
-                log::error!("unmount {}: {e}", mp.display());
-            }
+            Err(e) => Err(e),
         }
+    } else {
+        fuser::Session::new(fs, &mp, &cfg)
+    };
+    let session = match session {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot mount on {}: {e}", m.mountpoint.display())),
+    };
+    // So that `umount MP` finds our type and runs umount.fuse.dicomfs (which waits for us).
+    let _utab = UtabEntry(if unsafe { libc::geteuid() } == 0 {
+        mount::utab_add(&mp)
+            .map_err(|e| log::debug!("{}: no utab entry: {e}", mp.display()))
+            .ok()
+    } else {
+        None
     });
-    log::info!(
-        "{} mounted on {}",
-        m.source.display(),
-        m.mountpoint.display()
-    );
-    if let Some(mut f) = ready.take() {
+    let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ended2 = ended.clone();
+    let mp2 = mp.clone();
+    std::thread::spawn(move || on_signals(set, &mp2, &ended2));
+    ticker.stop();
+    log::info!("{} mounted on {}", m.source.display(), mp.display());
+    if let Some(mut f) = ready.lock().take() {
         let _ = writeln!(f, "OK");
     }
-    match session.run() {
+    let r = session.run();
+    ended.store(true, std::sync::atomic::Ordering::Release);
+    match r {
         Ok(()) => {
-            log::info!("{} unmounted", m.mountpoint.display());
+            log::info!("{} unmounted", mp.display());
             ExitCode::SUCCESS
         }
         Err(e) => {
-            log::error!("{}: session ended: {e}", m.mountpoint.display());
+            log::error!("{}: session ended: {e}", mp.display());
             ExitCode::from(1)
         }
     }
 }
 
+/// Our line in libmount's utab, removed when the daemon ends.
+struct UtabEntry(Option<u64>);
+
+impl Drop for UtabEntry {
+    fn drop(&mut self) {
+        if let Some(id) = self.0 {
+            mount::utab_remove(id);
+        }
+    }
+}
+
+/// How long a signal waits for files still open on a busy mount before aborting it.
+const SIGNAL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// SIGINT, SIGTERM and SIGHUP unmount. A busy mount is detached and ends when its open files
+/// are closed; if they are not closed within [`SIGNAL_GRACE`] (or at a second signal), the
+/// FUSE connection is aborted. Either way the session ends and the File-set is closed.
+fn on_signals(set: libc::sigset_t, mp: &Path, ended: &std::sync::atomic::AtomicBool) {
+    let conn = mount::connection_of(mp);
+    let abort = || match conn.map(mount::abort_connection) {
+        Some(Ok(())) => log::warn!("{}: aborted the FUSE connection", mp.display()),
+        Some(Err(e)) => log::warn!(
+            "{}: cannot abort the FUSE connection ({e}); waiting for the files open on it",
+            mp.display()
+        ),
+        None => {}
+    };
+    let mut signals = 0;
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: set is a valid signal set; sig is an out-parameter.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            return;
+        }
+        signals += 1;
+        if signals > 1 {
+            log::info!("signal {sig} again: aborting {}", mp.display());
+            abort();
+            continue;
+        }
+        log::info!("signal {sig}: unmounting {}", mp.display());
+        match mount::unmount(mp) {
+            Ok(mount::Unmounted::Clean) => {}
+            Ok(mount::Unmounted::Detached) => {
+                log::info!(
+                    "{}: busy; detached, ending when its open files are closed",
+                    mp.display()
+                );
+                let t = std::time::Instant::now();
+                while !ended.load(std::sync::atomic::Ordering::Acquire) {
+                    if t.elapsed() > SIGNAL_GRACE {
+                        abort();
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+            Err(e) => log::error!("unmount {}: {e}", mp.display()),
+        }
+    }
+}
+
 fn do_repair(source: &Path) -> Result<(), ExitCode> {
-    let m = match open_medium_how(source, true, true) {
-        Ok(m) => m,
+    let w = match Writing::open_how(source, true) {
+        Ok(w) => w,
         Err(e) => {
             eprintln!("dicomfs: {e}");
             return Err(ExitCode::from(EXIT_COULD_NOT_RUN));
         }
     };
-    match m.repair_medium() {
+    match w.medium.repair_medium() {
         Ok(lines) => {
             for line in &lines {
                 println!("repaired: {line}");
             }
         }
         Err(e) => {
-            eprintln!("dicomfs: repair: {}: {e}", m.describe());
+            eprintln!("dicomfs: repair: {}: {e}", w.medium.describe());
             return Err(ExitCode::from(EXIT_COULD_NOT_RUN));
         }
     }
-    let result = dicomfs::fsu::repair(&m, &Profile::default());
-    if let Err(e) = m.close() {
-        eprintln!("dicomfs: repair: {}: {e}", m.describe());
-        return Err(ExitCode::from(EXIT_COULD_NOT_RUN));
-    }
-    match result {
+    let mut ticker = progress::Ticker::start(format!("repairing {}", source.display()));
+    ticker.set("reading the medium");
+    let r = dicomfs::fsu::repair(&w.medium, &Profile::default());
+    ticker.stop();
+    match r {
         Ok(report) => {
             for line in &report {
                 println!("repaired: {line}");
@@ -743,7 +896,9 @@ fn check(source: &Path, verbose: bool) -> ExitCode {
             return ExitCode::from(EXIT_COULD_NOT_RUN);
         }
     };
-    let findings = fs.check(|_, _| {});
+    let mut bar = progress::Progress::new(format!("checking {}", source.display()), "records");
+    let findings = fs.check(|n, t| bar.update(n, t));
+    bar.finish();
     let errors = findings
         .iter()
         .filter(|f| f.severity == Severity::Error)

@@ -12,7 +12,7 @@ pub mod fat;
 pub mod fault;
 mod host;
 
-pub use fat::{BlockDev, Fat, FatOptions, FileDev};
+pub use fat::{BlockDev, Fat, FatOptions, FileDev, MemDev};
 pub use host::HostDir;
 
 use std::fs::File;

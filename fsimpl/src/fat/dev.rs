@@ -53,7 +53,16 @@ impl FileDev {
         if block && writable {
             oo.custom_flags(libc::O_EXCL);
         }
-        let file = oo.open(path)?;
+        let file = oo.open(path).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    "the device is in use (mounted, or open for writing by another program)",
+                )
+            } else {
+                e
+            }
+        })?;
         let len = if block {
             let mut n: u64 = 0;
             // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which lives for the call.
@@ -347,4 +356,54 @@ pub fn locate(
         dev.describe(),
         found.join("; ")
     )))
+}
+
+/// A device in memory: for tests and fuzzing.
+pub struct MemDev {
+    bytes: parking_lot::RwLock<Vec<u8>>,
+}
+
+impl MemDev {
+    pub fn new(bytes: Vec<u8>) -> MemDev {
+        MemDev {
+            bytes: parking_lot::RwLock::new(bytes),
+        }
+    }
+    /// A copy of the bytes.
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.bytes.read().clone()
+    }
+}
+
+impl BlockDev for MemDev {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let b = self.bytes.read();
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= b.len() as u64)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"))?;
+        buf.copy_from_slice(&b[offset as usize..end as usize]);
+        Ok(())
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut b = self.bytes.write();
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= b.len() as u64)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "write past the end"))?;
+        b[offset as usize..end as usize].copy_from_slice(data);
+        Ok(())
+    }
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn len(&self) -> u64 {
+        self.bytes.read().len() as u64
+    }
+    fn describe(&self) -> String {
+        "memory device".into()
+    }
+    fn writable(&self) -> bool {
+        true
+    }
 }

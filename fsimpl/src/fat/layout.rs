@@ -30,6 +30,8 @@ pub struct Geometry {
     pub fats: u32,
     /// Bytes of one FAT.
     pub fat_bytes: u64,
+    /// Bytes of the FAT that hold entries (whole sectors): what is read and kept in memory.
+    pub fat_used: u64,
     /// Byte offset of the FAT in use (the first unless mirroring is off).
     pub fat_offset: u64,
     /// Byte offsets of every FAT copy written to.
@@ -156,6 +158,7 @@ impl Geometry {
             reserved_sectors: reserved,
             fats,
             fat_bytes,
+            fat_used: need.div_ceil(bps64) * bps64,
             fat_offset,
             fat_copies,
             root_region,

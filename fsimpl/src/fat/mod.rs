@@ -25,7 +25,7 @@
 mod dev;
 pub mod layout;
 
-pub use dev::{locate, BlockDev, FileDev, Window};
+pub use dev::{locate, BlockDev, FileDev, MemDev, Window};
 
 use crate::{DirEntry, Kind as EntryKind, Medium, Stat, StatFs};
 use layout::{Entry, Geometry, Kind, ATTR_ARCHIVE, ATTR_DIR, ATTR_LFN, ATTR_VOLUME, BAD, EOC};
@@ -188,7 +188,8 @@ impl Fat {
         if opts.writable && !dev.writable() {
             return Err(errno(libc::EROFS));
         }
-        let mut disk = vec![0u8; geo.fat_bytes as usize];
+        // Only the sectors that hold entries: never more than the clusters the device can hold.
+        let mut disk = vec![0u8; geo.fat_used as usize];
         dev.read_at(geo.fat_offset, &mut disk)?;
         let mem: Vec<u32> = (0..geo.clusters + 2).map(|n| geo.get(&disk, n)).collect();
         let free = mem[2..].iter().filter(|&&v| v == 0).count() as u32;
@@ -1112,6 +1113,18 @@ impl Fat {
         st.free = st.mem[2..].iter().filter(|&&v| v == 0).count() as u32;
         st.paths.clear();
         self.write_fat(&mut st)?;
+        // The copies of the FAT: a crash between writing one and the next leaves them
+        // different; the first (which this code reads) is written over the others.
+        let used_len = st.disk.len();
+        for (i, &copy) in self.geo.fat_copies.iter().enumerate().skip(1) {
+            let mut other = vec![0u8; used_len];
+            self.dev.read_at(copy, &mut other)?;
+            if other != st.disk {
+                self.dev.write_at(copy, &st.disk)?;
+                rep.lines
+                    .push(format!("FAT copy {} made equal to the first", i + 1));
+            }
+        }
         if self.was_dirty {
             rep.lines.push("dirty bit cleared".into());
         }
@@ -1652,3 +1665,6 @@ impl Drop for Fat {
         // tests can simulate one; close() is the clean path.
     }
 }
+
+#[cfg(test)]
+mod tests;
