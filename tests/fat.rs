@@ -126,7 +126,13 @@ fn errno() -> i32 {
 fn write_close(path: &Path, data: &[u8]) -> Result<(), (&'static str, i32)> {
     let c = cpath(path);
     // SAFETY: c is a valid NUL-terminated path.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644) };
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+            0o644,
+        )
+    };
     if fd < 0 {
         return Err(("open", errno()));
     }
@@ -218,7 +224,13 @@ fn partitions_are_found_whole_mbr_gpt_and_by_number() {
     let t = TempDir::new("fatpart");
     for (bits, mib) in [(12u8, 4u64), (16, 24), (32, 40)] {
         for layout in [Layout::Whole, Layout::Mbr, Layout::Gpt] {
-            let img = mkfs(t.path(), &format!("{bits}-{layout:?}.img"), bits, mib + 2, layout);
+            let img = mkfs(
+                t.path(),
+                &format!("{bits}-{layout:?}.img"),
+                bits,
+                mib + 2,
+                layout,
+            );
             let dev: Arc<dyn BlockDev> = Arc::new(FileDev::open(&img.path, false).unwrap());
             let v = fsimpl::fat::locate(dev, None)
                 .unwrap_or_else(|e| panic!("FAT{bits} {layout:?}: {e}"));
@@ -271,12 +283,23 @@ fn partitions_are_found_whole_mbr_gpt_and_by_number() {
     assert_eq!(v.len(), two.len);
     let v = fsimpl::fat::locate(open(), Some(2)).unwrap();
     assert_eq!(volume_bytes(&v), two.boot());
-    let e = fsimpl::fat::locate(open(), Some(1)).err().unwrap().to_string();
-    assert!(e.contains("partition 1 holds an ext2/3/4 file system"), "{e}");
-    let e = fsimpl::fat::locate(open(), Some(3)).err().unwrap().to_string();
+    let e = fsimpl::fat::locate(open(), Some(1))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("partition 1 holds an ext2/3/4 file system"),
+        "{e}"
+    );
+    let e = fsimpl::fat::locate(open(), Some(3))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("no partition 3 (it has 1, 2)"), "{e}");
     // The same choice through the CLI (global --partition and mount's -o partition=N).
-    let out = run(Command::new(bin()).args(["--partition", "1", "ls"]).arg(&path));
+    let out = run(Command::new(bin())
+        .args(["--partition", "1", "ls"])
+        .arg(&path));
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("ext2/3/4"),
@@ -328,7 +351,12 @@ fn sources_that_are_not_fat_get_an_error_naming_what_was_found() {
         assert!(e.contains(w), "{}: {e}", p.display());
         for cmd in [&["ls"][..], &["check"][..]] {
             let out = run(Command::new(bin()).args(cmd).arg(p));
-            assert!(!out.status.success(), "{cmd:?} {}: {}", p.display(), text(&out));
+            assert!(
+                !out.status.success(),
+                "{cmd:?} {}: {}",
+                p.display(),
+                text(&out)
+            );
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(err.contains(w), "{cmd:?} {}: {}", p.display(), text(&out));
         }
@@ -337,7 +365,11 @@ fn sources_that_are_not_fat_get_an_error_naming_what_was_found() {
         std::fs::create_dir_all(&mnt).unwrap();
         let out = run(Command::new(bin()).arg("mount").arg(p).arg(&mnt));
         assert!(!out.status.success());
-        assert!(String::from_utf8_lossy(&out.stderr).contains(w), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(w),
+            "{}",
+            text(&out)
+        );
         assert!(!is_mounted(&mnt));
     }
 }
@@ -360,16 +392,30 @@ fn mtools_populated_filesets_read_through_the_mount_on_fat12_16_32_whole_mbr_gpt
         (32, 42, Layout::Gpt),
     ] {
         let what = format!("FAT{bits} {layout:?}");
-        let img = mkfs(t.path(), &format!("{bits}{layout:?}.img"), bits, mib, layout);
+        let img = mkfs(
+            t.path(),
+            &format!("{bits}{layout:?}.img"),
+            bits,
+            mib,
+            layout,
+        );
         img.mcopy_in(&src, "");
         let before = std::fs::read(&img.path).unwrap();
         // ls and check read the image directly.
         let out = ok(Command::new(bin()).arg("ls").arg(&img.path));
-        assert_eq!(out.stdout, want_ls, "{what}: dicomfs ls differs from the host copy's");
+        assert_eq!(
+            out.stdout, want_ls,
+            "{what}: dicomfs ls differs from the host copy's"
+        );
         let out = run(Command::new(bin()).arg("check").arg(&img.path));
         assert_eq!(out.status.code(), Some(0), "{what}: {}", text(&out));
         {
-            let m = mount_fat(&img.path, &t.join("mnt"), &t.join("log"), &["-o", "ro,view=both"]);
+            let m = mount_fat(
+                &img.path,
+                &t.join("mnt"),
+                &t.join("log"),
+                &["-o", "ro,view=both"],
+            );
             // Native view: byte for byte the host File-set (plus the alternate view).
             assert_same_tree_except(&src, m.path(), &["by-patient"]);
             let dcm = files_below(&m.join("by-patient"));
@@ -380,7 +426,10 @@ fn mtools_populated_filesets_read_through_the_mount_on_fat12_16_32_whole_mbr_gpt
             assert_oracles_pass(m.path());
         }
         // A read-only mount writes nothing: not even the dirty bit.
-        assert!(std::fs::read(&img.path).unwrap() == before, "{what}: ro mount wrote");
+        assert!(
+            std::fs::read(&img.path).unwrap() == before,
+            "{what}: ro mount wrote"
+        );
         assert_fsck_clean(&img);
     }
 }
@@ -397,14 +446,22 @@ fn lowercase_short_names_and_long_name_entries_are_read() {
     // with NT lowercase bits (byte 12 = 0x08), no long names.
     let lower = t.join("lower");
     for f in files_below(&src) {
-        let rel = f.strip_prefix(&src).unwrap().to_string_lossy().to_lowercase();
+        let rel = f
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .to_lowercase();
         let d = lower.join(&rel);
         std::fs::create_dir_all(d.parent().unwrap()).unwrap();
         std::fs::copy(&f, d).unwrap();
     }
     let img = mkfs(t.path(), "nt.img", 16, 24, Layout::Whole);
     img.mcopy_in(&lower, "");
-    assert!(img.ls_root().contains(&"dicomdir".to_string()), "{:?}", img.ls_root());
+    assert!(
+        img.ls_root().contains(&"dicomdir".to_string()),
+        "{:?}",
+        img.ls_root()
+    );
     assert!(img.long_names().is_empty());
     let g = Geometry::of(&img);
     let root_at = (g.reserved + g.fats * g.fat_sectors) * g.bps;
@@ -413,7 +470,11 @@ fn lowercase_short_names_and_long_name_entries_are_read() {
         .chunks(32)
         .find(|e| &e[..11] == b"DICOMDIR   ")
         .expect("DICOMDIR's short entry");
-    assert_eq!(ent[12] & 0x08, 0x08, "mtools did not set the NT lowercase bit");
+    assert_eq!(
+        ent[12] & 0x08,
+        0x08,
+        "mtools did not set the NT lowercase bit"
+    );
     // Long-name entries: give every root entry (the DICOMDIR, the patient directories) a
     // long name spelling it in lowercase, as macOS does, and clear the NT bits.
     let shorts: Vec<[u8; 32]> = root
@@ -434,7 +495,12 @@ fn lowercase_short_names_and_long_name_entries_are_read() {
     assert_fsck_clean(&img);
     assert_eq!(img.long_names().len(), 3, "{:?}", img.long_names());
     {
-        let m = mount_fat(&img.path, &t.join("mnt"), &t.join("log"), &["-o", "ro,view=both"]);
+        let m = mount_fat(
+            &img.path,
+            &t.join("mnt"),
+            &t.join("log"),
+            &["-o", "ro,view=both"],
+        );
         let mut root_names: Vec<String> = std::fs::read_dir(m.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -468,12 +534,12 @@ fn lowercase_short_names_and_long_name_entries_are_read() {
 
 /// Long-name entries for `name` in front of the short entry `short` (11 bytes).
 fn lfn_entries(name: &str, short: &[u8]) -> Vec<u8> {
-    let sum = short
-        .iter()
-        .fold(0u8, |s, &c| ((s & 1) << 7).wrapping_add(s >> 1).wrapping_add(c));
+    let sum = short.iter().fold(0u8, |s, &c| {
+        ((s & 1) << 7).wrapping_add(s >> 1).wrapping_add(c)
+    });
     let mut units: Vec<u16> = name.encode_utf16().collect();
     units.push(0);
-    while units.len() % 13 != 0 {
+    while !units.len().is_multiple_of(13) {
         units.push(0xFFFF);
     }
     let n = units.len() / 13;
@@ -500,7 +566,10 @@ fn lfn_entries(name: &str, short: &[u8]) -> Vec<u8> {
 fn messy(dir: &Path, insts: &[synth::Instance]) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for (k, i) in insts.iter().enumerate() {
-        let d = dir.join("Export Ü").join(format!("série {}", k % 2)).join("axial");
+        let d = dir
+            .join("Export Ü")
+            .join(format!("série {}", k % 2))
+            .join("axial");
         std::fs::create_dir_all(&d).unwrap();
         let f = d.join(format!("img {k:03}.dcm"));
         std::fs::write(&f, i.bytes()).unwrap();
@@ -531,7 +600,8 @@ fn write_scenarios(bits: u8, mib: u64, layout: Layout) {
     let rs = instances(1, 2, 3, 13); // 6
     messy(&scratch.join("rs"), &rs);
     let mv = instances(1, 1, 1, 14).pop().unwrap();
-    let mvf = Path::new("/dev/shm").join(format!("dicomfs-fat-mv-{bits}-{}.dcm", std::process::id()));
+    let mvf =
+        Path::new("/dev/shm").join(format!("dicomfs-fat-mv-{bits}-{}.dcm", std::process::id()));
     std::fs::write(&mvf, mv.bytes()).unwrap();
     let log = t.join("log");
     let deleted: Vec<Vec<u8>>;
@@ -540,12 +610,18 @@ fn write_scenarios(bits: u8, mib: u64, layout: Layout) {
         // The dirty bit is set on the medium while it is mounted read-write.
         assert!(img.dirty(), "dirty bit not set while mounted read-write");
         ok(Command::new("cp").arg(&a).arg(m.path()));
-        ok(Command::new("cp").arg("-r").arg(scratch.join("cpr/Export Ü")).arg(m.path()));
+        ok(Command::new("cp")
+            .arg("-r")
+            .arg(scratch.join("cpr/Export Ü"))
+            .arg(m.path()));
         let rs_src = format!("{}/", scratch.join("rs").display());
         ok(Command::new("rsync").arg("-a").arg(&rs_src).arg(m.path()));
         let d1 = std::fs::read(m.join("DICOMDIR")).unwrap();
         ok(Command::new("rsync").arg("-a").arg(&rs_src).arg(m.path()));
-        assert!(std::fs::read(m.join("DICOMDIR")).unwrap() == d1, "the second rsync changed the DICOMDIR");
+        assert!(
+            std::fs::read(m.join("DICOMDIR")).unwrap() == d1,
+            "the second rsync changed the DICOMDIR"
+        );
         ok(Command::new("mv").arg(&mvf).arg(m.path()));
         assert!(!mvf.exists());
         let dd = DicomDir::parse(&std::fs::read(m.join("DICOMDIR")).unwrap()).unwrap();
@@ -590,12 +666,18 @@ fn write_scenarios(bits: u8, mib: u64, layout: Layout) {
         .chain(std::iter::once(mv.bytes()))
         .collect();
     for d in &deleted {
-        let k = want.iter().position(|w| w == d).expect("a deleted instance was copied in");
+        let k = want
+            .iter()
+            .position(|w| w == d)
+            .expect("a deleted instance was copied in");
         want.remove(k);
     }
     want.sort();
     assert_eq!(want.len(), 20 - deleted.len());
-    assert!(instance_bytes(&out) == want, "mcopy'd instances differ from what was copied in and not deleted");
+    assert!(
+        instance_bytes(&out) == want,
+        "mcopy'd instances differ from what was copied in and not deleted"
+    );
     // Every file the DICOMDIR names is on the volume, and nothing else.
     let dd = dicomdir_of(&out);
     let mut on_disk: Vec<String> = rel_files(&out)
@@ -609,7 +691,12 @@ fn write_scenarios(bits: u8, mib: u64, layout: Layout) {
     // File IDs are 8.3 short names without extension, uppercase.
     for f in fids(&dd) {
         for c in f.split('\\') {
-            assert!(c.len() <= 8 && c.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'), "{f}");
+            assert!(
+                c.len() <= 8
+                    && c.bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'),
+                "{f}"
+            );
         }
     }
     let _ = cpr_files;
@@ -654,9 +741,17 @@ fn loop_device_with_an_mbr_is_mounted_read_and_written() {
         // The whole disk (partition table included), as /dev/sdb is.
         let l = Loop::attach(&img.path, 0, None, true);
         let out = ok(Command::new(bin()).arg("ls").arg(&l.dev));
-        assert_eq!(out.stdout, ok(Command::new(bin()).arg("ls").arg(&src)).stdout);
+        assert_eq!(
+            out.stdout,
+            ok(Command::new(bin()).arg("ls").arg(&src)).stdout
+        );
         {
-            let m = mount_fat(&l.dev, &t.join("mnt"), &t.join("log"), &["-o", "partition=1"]);
+            let m = mount_fat(
+                &l.dev,
+                &t.join("mnt"),
+                &t.join("log"),
+                &["-o", "partition=1"],
+            );
             assert_same_tree(&src, m.path());
             ok(Command::new("cp").arg(&a).arg(m.path()));
             // A second writer of the same device is refused (O_EXCL), naming the device.
@@ -692,27 +787,51 @@ fn a_dirty_volume_is_reported_and_mounted_read_only_or_repaired_never_written_bl
         .args(["--log-file", log.to_str().unwrap()])
         .arg(&img.path)
         .arg(&mnt));
-    let said = format!("{}{}", text(&out), std::fs::read_to_string(&log).unwrap_or_default());
+    let said = format!(
+        "{}{}",
+        text(&out),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     if out.status.success() {
         // Mounted read-only: readable, writes refused, the medium untouched.
         let m = Mount { mnt: mnt.clone() };
-        assert!(said.to_lowercase().contains("dirty"), "the dirty volume was not reported: {said}");
+        assert!(
+            said.to_lowercase().contains("dirty"),
+            "the dirty volume was not reported: {said}"
+        );
         assert_same_tree(&src, m.path());
         let r = write_close(&m.join("a.dcm"), &inst.bytes());
         assert!(matches!(r, Err((_, libc::EROFS))), "{r:?}");
         drop(m);
     } else {
-        assert!(said.to_lowercase().contains("dirty"), "the refusal does not say why: {said}");
+        assert!(
+            said.to_lowercase().contains("dirty"),
+            "the refusal does not say why: {said}"
+        );
         assert!(!is_mounted(&mnt));
     }
-    assert!(std::fs::read(&img.path).unwrap() == before, "a dirty volume was written");
+    assert!(
+        std::fs::read(&img.path).unwrap() == before,
+        "a dirty volume was written"
+    );
     // check (without --repair) reports it and writes nothing.
     let out = run(Command::new(bin()).arg("check").arg(&img.path));
-    assert!(String::from_utf8_lossy(&out.stdout).to_lowercase().contains("dirty")
-        || String::from_utf8_lossy(&out.stderr).to_lowercase().contains("dirty"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .to_lowercase()
+            .contains("dirty")
+            || String::from_utf8_lossy(&out.stderr)
+                .to_lowercase()
+                .contains("dirty"),
+        "{}",
+        text(&out)
+    );
     assert!(std::fs::read(&img.path).unwrap() == before);
     // check --repair clears it; then a read-write mount works.
-    let out = run(Command::new(bin()).arg("check").arg("--repair").arg(&img.path));
+    let out = run(Command::new(bin())
+        .arg("check")
+        .arg("--repair")
+        .arg(&img.path));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(!img.dirty());
     assert_fsck_clean(&img);
@@ -763,7 +882,11 @@ fn a_file_past_4_gib_minus_1_is_efbig() {
             let p = cpath(&m.join(&format!("big{k}.dcm")));
             // SAFETY: p is a valid path.
             let fd = unsafe {
-                libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644)
+                libc::open(
+                    p.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+                    0o644,
+                )
             };
             assert!(fd >= 0, "open: {}", errno());
             let r = if k == 0 {
@@ -810,7 +933,10 @@ fn a_full_volume_is_enospc_with_no_partial_file_no_lost_clusters_and_an_unchange
                 Ok(()) => stored.push(i.bytes()),
                 Err((call, e)) => {
                     assert_eq!(e, libc::ENOSPC, "{call}: errno {e}");
-                    assert!(std::fs::read(m.join("DICOMDIR")).unwrap() == before, "the DICOMDIR changed on ENOSPC");
+                    assert!(
+                        std::fs::read(m.join("DICOMDIR")).unwrap() == before,
+                        "the DICOMDIR changed on ENOSPC"
+                    );
                     refused = Some(before);
                     break;
                 }
@@ -820,10 +946,16 @@ fn a_full_volume_is_enospc_with_no_partial_file_no_lost_clusters_and_an_unchange
     let before = refused.expect("the volume never filled up");
     assert!(stored.len() >= 3, "only {} instances fit", stored.len());
     assert_fsck_clean(&img);
-    assert!(img.mtype("DICOMDIR") == before, "the DICOMDIR on the volume is not the one before the refused copy");
+    assert!(
+        img.mtype("DICOMDIR") == before,
+        "the DICOMDIR on the volume is not the one before the refused copy"
+    );
     let out = assert_fat_oracles_pass(&img, t.path());
     stored.sort();
-    assert!(instance_bytes(&out) == stored, "a partial file or a missing instance");
+    assert!(
+        instance_bytes(&out) == stored,
+        "a partial file or a missing instance"
+    );
 }
 
 /// A FAT16 root holds 512 entries: File ID assignment puts patients in buckets before it fills
@@ -836,7 +968,11 @@ fn fat16_root_of_512_entries_does_not_break_file_id_assignment() {
     let foreign = t.join("foreign");
     std::fs::create_dir_all(&foreign).unwrap();
     for k in 0..100 {
-        std::fs::write(foreign.join(format!("NOTE{k:04}.TXT")), format!("note {k}\n")).unwrap();
+        std::fs::write(
+            foreign.join(format!("NOTE{k:04}.TXT")),
+            format!("note {k}\n"),
+        )
+        .unwrap();
     }
     img.mcopy_in(&foreign, "");
     let n = 460;
@@ -848,7 +984,9 @@ fn fat16_root_of_512_entries_does_not_break_file_id_assignment() {
             let mut ds = base.clone();
             for e in ds.iter_mut() {
                 match e.tag {
-                    dicomfs::dicom::tags::PATIENT_ID => e.value = format!("ROOT{k:05}").into_bytes(),
+                    dicomfs::dicom::tags::PATIENT_ID => {
+                        e.value = format!("ROOT{k:05}").into_bytes()
+                    }
                     dicomfs::dicom::tags::SOP_INSTANCE_UID
                     | dicomfs::dicom::tags::STUDY_INSTANCE_UID
                     | dicomfs::dicom::tags::SERIES_INSTANCE_UID => {
@@ -869,7 +1007,10 @@ fn fat16_root_of_512_entries_does_not_break_file_id_assignment() {
     assert_fsck_clean(&img);
     let root = img.ls_root();
     assert!(root.len() <= 512, "{} root entries", root.len());
-    assert!(root.iter().any(|n| n.starts_with('B')), "no bucket directory: {root:?}");
+    assert!(
+        root.iter().any(|n| n.starts_with('B')),
+        "no bucket directory: {root:?}"
+    );
     let out = assert_fat_oracles_pass(&img, t.path());
     for (f, b) in &sent {
         let p = out.join(f.replace('\\', "/"));
@@ -904,7 +1045,9 @@ fn sixty_five_thousand_instances_in_process() {
         let (m, l) = live_on(&img);
         for (k, i) in insts.iter().enumerate() {
             match ingest(&l, &i.bytes()) {
-                Ok(Ingested::Added(f)) => assert!(seen.insert(f.clone()), "File ID {f} given twice"),
+                Ok(Ingested::Added(f)) => {
+                    assert!(seen.insert(f.clone()), "File ID {f} given twice")
+                }
                 r => panic!("instance {k}: {r:?}"),
             }
         }
@@ -926,7 +1069,11 @@ fn sixty_five_thousand_instances_in_process() {
     while let Some(d) = stack.pop() {
         let e: Vec<_> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap()).collect();
         assert!(e.len() <= 2000, "{}: {} entries", d.display(), e.len());
-        stack.extend(e.iter().filter(|e| e.file_type().unwrap().is_dir()).map(|e| e.path()));
+        stack.extend(
+            e.iter()
+                .filter(|e| e.file_type().unwrap().is_dir())
+                .map(|e| e.path()),
+        );
     }
 }
 
@@ -960,8 +1107,16 @@ fn eight_gib_sparse_fat32_reads_and_writes_past_2_and_4_gib() {
     img.mcopy_in(&second, "");
     assert_fsck_clean(&img);
     let gib = 1u64 << 30;
-    let d1 = files_below(&src.join("P00001"))[0].strip_prefix(&src).unwrap().to_string_lossy().into_owned();
-    let d2 = files_below(&src.join("P00002"))[0].strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+    let d1 = files_below(&src.join("P00001"))[0]
+        .strip_prefix(&src)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let d2 = files_below(&src.join("P00002"))[0]
+        .strip_prefix(&src)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     let (b0, b1, b2) = (
         img.first_cluster_byte("DICOMDIR"),
         img.first_cluster_byte(&d1),
@@ -981,7 +1136,10 @@ fn eight_gib_sparse_fat32_reads_and_writes_past_2_and_4_gib() {
         let m = mount_fat(&img.path, &t.join("mnt"), &t.join("log"), &[]);
         // Every file past 2 and 4 GiB reads byte for byte.
         for f in rel_files(&src) {
-            assert!(std::fs::read(m.join(&f)).unwrap() == std::fs::read(src.join(&f)).unwrap(), "{f}");
+            assert!(
+                std::fs::read(m.join(&f)).unwrap() == std::fs::read(src.join(&f)).unwrap(),
+                "{f}"
+            );
         }
         ok(Command::new("cp").arg("-r").arg(&newdir).arg(m.path()));
         let dd = DicomDir::parse(&std::fs::read(m.join("DICOMDIR")).unwrap()).unwrap();
@@ -991,7 +1149,11 @@ fn eight_gib_sparse_fat32_reads_and_writes_past_2_and_4_gib() {
     }
     assert_fsck_clean(&img);
     let out = t.join("out");
-    let mut top: Vec<String> = img.ls_root().into_iter().filter(|n| !n.starts_with("FILL")).collect();
+    let mut top: Vec<String> = img
+        .ls_root()
+        .into_iter()
+        .filter(|n| !n.starts_with("FILL"))
+        .collect();
     top.sort();
     let top_ref: Vec<&str> = top.iter().map(String::as_str).collect();
     img.mcopy_out(&out, &top_ref);
@@ -1009,9 +1171,14 @@ fn eight_gib_sparse_fat32_reads_and_writes_past_2_and_4_gib() {
         .collect();
     assert_eq!(new.len(), 4, "{new:?}");
     for f in new {
-        assert!(img.first_cluster_byte(&f.replace('\\', "/")) > 4 * gib, "{f}");
+        assert!(
+            img.first_cluster_byte(&f.replace('\\', "/")) > 4 * gib,
+            "{f}"
+        );
     }
     // The image is still sparse: the reserved 4.25 GiB were never written.
-    let used = std::fs::metadata(&img.path).map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512).unwrap();
+    let used = std::fs::metadata(&img.path)
+        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+        .unwrap();
     assert!(used < gib, "the image uses {used} bytes on disk");
 }

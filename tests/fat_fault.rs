@@ -110,7 +110,10 @@ fn session(image: &Path, fault: Fault, all: &[synth::Instance]) -> Session {
 /// Repair and check everything the module documentation lists.
 fn judge(t: &Path, img: &Img, all: &[synth::Instance], s: &Session, what: &str) {
     let before = assert_fsck_only_crash_damage(img, &format!("{what} (session: {s:?})"));
-    let out = run(Command::new(bin()).arg("check").arg("--repair").arg(&img.path));
+    let out = run(Command::new(bin())
+        .arg("check")
+        .arg("--repair")
+        .arg(&img.path));
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -137,11 +140,22 @@ fn judge(t: &Path, img: &Img, all: &[synth::Instance], s: &Session, what: &str) 
     if dd.visible().is_empty() {
         // check_fileset.sh runs `xargs dcmftest` on no files at all, which counts as one
         // failure: on an empty File-set, require every other oracle's OK.
-        for line in ["dcmdump: OK", "dciodvfy: 0 errors", "pydicom FileSet: RESULT: OK", "dcmftest: 0 referenced"] {
-            assert!(text.contains(line), "{what}: oracles on an empty File-set:\n{text}");
+        for line in [
+            "dcmdump: OK",
+            "dciodvfy: 0 errors",
+            "pydicom FileSet: RESULT: OK",
+            "dcmftest: 0 referenced",
+        ] {
+            assert!(
+                text.contains(line),
+                "{what}: oracles on an empty File-set:\n{text}"
+            );
         }
     } else {
-        assert!(passed, "{what}: oracles:\n{text}\nsession: {s:?}\nrepair: {said}");
+        assert!(
+            passed,
+            "{what}: oracles:\n{text}\nsession: {s:?}\nrepair: {said}"
+        );
     }
     assert!(dd.findings.is_empty(), "{what}: {:?}", dd.findings);
     assert_eq!(dd.consistency_flag, 0, "{what}");
@@ -163,7 +177,10 @@ fn judge(t: &Path, img: &Img, all: &[synth::Instance], s: &Session, what: &str) 
         let k = *by_uid
             .get(uid)
             .unwrap_or_else(|| panic!("{what}: {fid} references an unknown UID {uid}"));
-        assert!(bytes == all[k].bytes(), "{what}: {fid} does not hold instance {k}'s bytes");
+        assert!(
+            bytes == all[k].bytes(),
+            "{what}: {fid} does not hold instance {k}'s bytes"
+        );
         referenced.insert(k, fid.to_string());
     }
     for &(k, tripped) in &s.ok {
@@ -177,13 +194,21 @@ fn judge(t: &Path, img: &Img, all: &[synth::Instance], s: &Session, what: &str) 
     // Nothing but the DICOMDIR and the referenced files.
     let mut files: Vec<String> = files_below(&copy)
         .into_iter()
-        .map(|p| p.strip_prefix(&copy).unwrap().to_string_lossy().replace('/', "\\"))
+        .map(|p| {
+            p.strip_prefix(&copy)
+                .unwrap()
+                .to_string_lossy()
+                .replace('/', "\\")
+        })
         .filter(|p| p != "DICOMDIR")
         .collect();
     files.sort();
     let mut want: Vec<String> = referenced.values().cloned().collect();
     want.sort();
-    assert_eq!(files, want, "{what}: files on the volume that nothing references");
+    assert_eq!(
+        files, want,
+        "{what}: files on the volume that nothing references"
+    );
 }
 
 /// About `n` points spread over 0..=end, always with both ends and the start of the copy
@@ -232,7 +257,13 @@ fn sweep(bits: u8, mib: u64, layout: Layout, modes: &[(&str, u64)]) {
                 ..pristine.clone()
             };
             let s = session(&img.path, fault, &all);
-            judge(t.path(), &img, &all, &s, &format!("FAT{bits} {layout:?} {fault:?}"));
+            judge(
+                t.path(),
+                &img,
+                &all,
+                &s,
+                &format!("FAT{bits} {layout:?} {fault:?}"),
+            );
             n_runs += 1;
         }
     }
@@ -241,7 +272,12 @@ fn sweep(bits: u8, mib: u64, layout: Layout, modes: &[(&str, u64)]) {
 
 #[test]
 fn fault_sweep_on_fat16_fail_vanish_and_tear_during_a_copy() {
-    sweep(16, 16, Layout::Whole, &[("fail", 16), ("vanish", 16), ("tear", 6)]);
+    sweep(
+        16,
+        16,
+        Layout::Whole,
+        &[("fail", 16), ("vanish", 16), ("tear", 6)],
+    );
 }
 
 #[test]
@@ -320,6 +356,6 @@ fn daemon_pid(mnt: &Path) -> Option<i32> {
             .split(|&b| b == 0)
             .map(|a| String::from_utf8_lossy(a).to_string())
             .collect();
-        (args.iter().any(|a| a == "mount") && args.iter().any(|a| *a == want)).then_some(pid)
+        (args.iter().any(|a| a == "mount") && args.contains(&want)).then_some(pid)
     })
 }

@@ -127,10 +127,7 @@ impl BlockDev for FaultDev {
                     }
                 }
                 self.lost.fetch_add(1, Ordering::SeqCst);
-                self.overlay
-                    .lock()
-                    .unwrap()
-                    .push((offset, data.to_vec()));
+                self.overlay.lock().unwrap().push((offset, data.to_vec()));
                 Ok(())
             }
         }
@@ -147,7 +144,11 @@ impl BlockDev for FaultDev {
         self.inner.len()
     }
     fn describe(&self) -> String {
-        format!("{} (fault injection: {:?})", self.inner.describe(), self.fault())
+        format!(
+            "{} (fault injection: {:?})",
+            self.inner.describe(),
+            self.fault()
+        )
     }
     fn writable(&self) -> bool {
         self.inner.writable()

@@ -113,7 +113,10 @@ impl Filesystem for MemFs {
 fn main() {
     let mut args = std::env::args().skip(1);
     let mnt = args.next().expect("usage: memfs MOUNTPOINT [SIZE_MIB]");
-    let mib: usize = args.next().map(|s| s.parse().expect("SIZE_MIB")).unwrap_or(1024);
+    let mib: usize = args
+        .next()
+        .map(|s| s.parse().expect("SIZE_MIB"))
+        .unwrap_or(1024);
     // xorshift bytes: nothing a compressing or deduplicating layer could flatter.
     let mut data = vec![0u8; mib << 20];
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;

@@ -79,10 +79,7 @@ pub fn mkfs(dir: &Path, name: &str, bits: u8, mib: u64, layout: Layout) -> Img {
             // GPT keeps 33 sectors at the end for its backup.
             let len = total - PART_START - if layout == Layout::Gpt { 1 << 20 } else { 0 };
             let script = if layout == Layout::Mbr {
-                format!(
-                    "label: dos\nstart=2048, size={}, type=c\n",
-                    len / 512
-                )
+                format!("label: dos\nstart=2048, size={}, type=c\n", len / 512)
             } else {
                 format!(
                     "label: gpt\nstart=2048, size={}, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7\n",
@@ -191,7 +188,12 @@ impl Img {
             .arg(format!("::/{dir}")));
         let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter_map(|l| l.trim_end_matches('/').rsplit('/').next().map(str::to_string))
+            .filter_map(|l| {
+                l.trim_end_matches('/')
+                    .rsplit('/')
+                    .next()
+                    .map(str::to_string)
+            })
             .filter(|n| !n.is_empty() && n != "." && n != "..")
             .collect();
         v.sort();
@@ -243,7 +245,9 @@ impl Img {
         let b = self.boot();
         let fat32 = u16::from_le_bytes([b[22], b[23]]) == 0;
         let at = if fat32 { 71 } else { 43 };
-        String::from_utf8_lossy(&b[at..at + 11]).trim_end().to_string()
+        String::from_utf8_lossy(&b[at..at + 11])
+            .trim_end()
+            .to_string()
     }
 
     /// The volume label as mtools reads it (the root directory's label entry).
@@ -274,7 +278,9 @@ impl Img {
             // "NAME     EXT   SIZE|<DIR> YYYY-MM-DD  HH:MM  [LONG NAME]"
             let f: Vec<&str> = l.split_whitespace().collect();
             let Some(t) = f.iter().position(|x| {
-                x.len() == 5 && x.as_bytes()[2] == b':' && x.chars().all(|c| c.is_ascii_digit() || c == ':')
+                x.len() == 5
+                    && x.as_bytes()[2] == b':'
+                    && x.chars().all(|c| c.is_ascii_digit() || c == ':')
             }) else {
                 continue;
             };
@@ -363,13 +369,17 @@ pub fn reserve_fat32(img: &Img, name11: &[u8; 11], bytes: u64) {
     let fat_len = g.fat_sectors * g.bps;
     let mut fat = read_at(&img.path, fat_at, fat_len as usize);
     let ent = |fat: &[u8], c: u64| {
-        u32::from_le_bytes(fat[c as usize * 4..c as usize * 4 + 4].try_into().unwrap()) & 0x0FFF_FFFF
+        u32::from_le_bytes(fat[c as usize * 4..c as usize * 4 + 4].try_into().unwrap())
+            & 0x0FFF_FFFF
     };
     let max = g.clusters() + 2;
     let high = (2..max).rev().find(|&c| ent(&fat, c) != 0).unwrap_or(2);
     let n = bytes.div_ceil(g.cluster_bytes());
     let start = high + 1;
-    assert!(start + n <= max, "the volume is too small to reserve {bytes} bytes");
+    assert!(
+        start + n <= max,
+        "the volume is too small to reserve {bytes} bytes"
+    );
     for c in start..start + n {
         let v: u32 = if c == start + n - 1 {
             0x0FFF_FFFF
@@ -482,9 +492,10 @@ pub fn fsck_path(p: &Path) -> Fsck {
             let mut offsets = Vec::new();
             while let Some(n) = lines.get(i + 1).map(|x| x.trim()) {
                 if n.starts_with("This is mostly harmless") {
-                } else if let Some((o, _)) = n.split_once(':').filter(|(o, v)| {
-                    o.chars().all(|c| c.is_ascii_digit()) && v.contains('/')
-                }) {
+                } else if let Some((o, _)) = n
+                    .split_once(':')
+                    .filter(|(o, v)| o.chars().all(|c| c.is_ascii_digit()) && v.contains('/'))
+                {
                     offsets.push(o.parse::<u32>().unwrap_or(0));
                 } else if n.starts_with("Not automatically fixing") {
                 } else {
