@@ -9,6 +9,11 @@
 # directory, adding and deleting one instance at ~100,000 records (against `dcmmkdir +A` and
 # pydicom's FileSet), and `dicomfs rebuild` against `dcmmkdir +r`.
 #
+# Section 6, "FAT images", reads a FAT32 image holding the same files through dicomfs, fusefat,
+# mtools and raw dd (and the big file against an in-memory FUSE daemon, tests/bin/memfs.rs), and
+# times `cp -r` into a fresh image against `mcopy -s`. `BENCH_FAT_ONLY=1 scripts/bench.sh` runs it
+# alone (needs mkfs.fat, fsck.fat, mtools, fusefat).
+#
 # Environment:
 #   BENCH_DIR    work directory for data sets and mount points (default /var/tmp/dicomfs-bench);
 #                data sets are kept there and reused by later runs with the same sizes
@@ -21,6 +26,9 @@
 #                were copied in) is listed under the report instead of stopping the run; the exit
 #                status is then 1
 #   BENCH_KEEP   1: keep the scratch copies of section 5 ($BENCH_DIR/w-*) at exit
+#   BIG_MB       size of the big file of section 1 (and 6) in MiB (default 1024, QUICK: 64)
+#   FAT_IMG_MB   section 6 (FAT images): size of the sparse FAT32 image (default 8192, QUICK: 1024)
+#   BENCH_FAT    0: skip section 6;  BENCH_FAT_ONLY=1: only section 6 (and its data sets)
 #
 # Needs root (drops the page cache with /proc/sys/vm/drop_caches, mounts), /dev/fuse, cargo.
 # Optional: dcmdump (dcmtk) and /usr/bin/time for the DICOMDIR reference row; dcmmkdir (dcmtk) and
@@ -44,7 +52,7 @@ BENCH_REGEN=${BENCH_REGEN:-0}
 
 if [[ $QUICK == 1 ]]; then
     REPS=${REPS:-1}
-    BIG_MB=64
+    BIG_MB=${BIG_MB:-64}
     FILES_ARGS=(--patients 2 --studies 1 --series 2 --instances 50 --rows 512 --cols 512)
     META_ARGS=(--patients 10 --studies 2 --series 5 --instances 99)
     # 2 + 4 + 20 + 1,980 = 2,006 records
@@ -54,7 +62,7 @@ if [[ $QUICK == 1 ]]; then
     DCMTK_REPS=3  # dcmmkdir +A runs
 else
     REPS=${REPS:-5}
-    BIG_MB=1024
+    BIG_MB=${BIG_MB:-1024}
     FILES_ARGS=(--patients 10 --studies 1 --series 5 --instances 200 --rows 512 --cols 512)
     # 100 + 200 + 1,000 + 99,000 = 100,300 records
     META_ARGS=(--patients 100 --studies 2 --series 5 --instances 99)
@@ -150,6 +158,10 @@ cleanup() {
         log "unmounting $MNT"
         bench_umount "$MNT" 30 || umount -l "$MNT" || true
     fi
+    for m in "$W/mnt-fusefat" "$W/mnt-memfs"; do
+        if mountpoint -q "$m" 2>/dev/null; then umount "$m" || umount -l "$m" || true; fi
+    done
+    rm -f "$W/w-fat-ingest.img" "$W/fat-empty.img"
     # Scratch copies of section 5 (up to ~10 GiB); BENCH_KEEP=1 keeps them for a look after a failure.
     if [[ ${BENCH_KEEP:-0} != 1 ]]; then
         rm -rf "${W:?}"/w-*
@@ -235,6 +247,7 @@ make_set meta "${META_ARGS[@]}" --no-files --no-documents
 make_set new --seed 2 --patients 1 --studies 1 --series 1 --instances "$N_ADD" --rows 512 --cols 512 --no-documents
 make_set pyfs "${PY_ARGS[@]}" --no-documents
 
+
 ROWS=()      # throughput table rows
 MROWS=()     # mount / memory table rows
 CROWS=()     # copy-in and delete table rows
@@ -268,6 +281,224 @@ cmp_row() {
     log "$label: native $(fmt "$rn") $unit, mount $(fmt "$rmt") $unit, ratio $r"
     log "  samples (ms): native $(for x in "${nat[@]}"; do ms "$x"; echo -n ' '; done)| mount $(for x in "${mnt[@]}"; do ms "$x"; echo -n ' '; done)"
 }
+
+# --- 6. FAT images (issue 4) -----------------------------------------------------------------------
+# One FAT32 image (sparse, FAT_IMG_MB, default 8 GiB) holding the `files` File-set (10,000 x ~514
+# KiB) and the 1 GiB file BIG, read in the same run through a read-only dicomfs mount, through
+# fusefat (Debian's FUSE FAT driver), with mtools (`mtype` of every file, one process each: mtype
+# takes one file), and as raw bytes of the image (`dd`); the 1 GiB file also against `memfs`, a FUSE
+# daemon serving a 1 GiB file from memory (tests/bin/memfs.rs): what a FUSE daemon reaches
+# without any I/O bounds what dicomfs reaching a FAT image through its daemon can. Then `cp -r`
+# of the 10,000 instances into a fresh image through dicomfs (keeping the DICOMDIR) against
+# `mcopy -s` of the same files, and how many of the files each driver sees (fusefat misses the
+# directories past 2 GiB of a big image).
+#   FAT_IMG_MB   size of the image (default 8192; QUICK: 1024)
+#   BIG_MB       size of the big file (default 1024; QUICK: 64)
+#   BENCH_FAT    0: skip this section;  BENCH_FAT_ONLY=1: run only this section
+FROWS=()
+FNOTES=()
+CHECK_FAILED=${CHECK_FAILED:-0}
+FAT_IMG_MB=${FAT_IMG_MB:-$([[ $QUICK == 1 ]] && echo 1024 || echo 8192)}
+FUSEFAT_MNT=$W/mnt-fusefat
+MEMFS_MNT=$W/mnt-memfs
+
+fat_umount() { # MOUNTPOINT: unmount a fusefat or memfs mount (and wait for it to go)
+    local i
+    mountpoint -q "$1" || return 0
+    umount "$1" || umount -l "$1"
+    for ((i = 0; i < 500; i++)); do mountpoint -q "$1" || return 0; sleep 0.01; done
+}
+fat_wait_mount() { # MOUNTPOINT
+    local i
+    for ((i = 0; i < 1000; i++)); do mountpoint -q "$1" && return 0; sleep 0.01; done
+    die "$1 did not get mounted"
+}
+
+fat_read_files() { find "$1" -type f ! -name BIG -print0 | xargs -0 -r cat >/dev/null; }
+fat_warm() { find "$W/files" -type f -print0 | xargs -0 -r cat >/dev/null; sync; }
+fat_cp_umount() { cp -r "$@" "$MNT"/ && bench_umount_rw "$MNT"; } # SRC... : cp -r, then umount until the daemon exits
+fat_check_fail() {
+    if [[ ${BENCH_KEEP_GOING:-0} == 1 ]]; then
+        log "CHECK FAILED: $*"
+        FNOTES+=("**Check failed:** $*")
+        CHECK_FAILED=1
+    else
+        die "$* (BENCH_KEEP_GOING=1 lists this in the report and goes on)"
+    fi
+}
+
+fat_section() {
+    local t
+    for t in mkfs.fat fsck.fat mcopy mtype fusefat; do
+        command -v "$t" >/dev/null || die "$t not found (apt-get install dosfstools mtools fusefat)"
+    done
+    log "6. building memfs (the in-memory FUSE reference)"
+    (cd "$ROOT" && cargo build --release --quiet --example memfs)
+    local MEMFS=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/memfs
+    export MTOOLS_SKIP_CHECK=1
+    local FILES=$W/files SEQ=$W/seq
+    local IMG=$W/fat.img stamp=$W/fat.img.stamp want
+    want="$FAT_IMG_MB $(cat "$W/files.stamp") $(cat "$W/seq.stamp")"
+    if [[ $BENCH_REGEN != 1 && -f $stamp && $(<"$stamp") == "$want" && -f $IMG ]]; then
+        log "reusing $IMG"
+    else
+        log "6. building $IMG: FAT32, $FAT_IMG_MB MiB sparse, with $W/files and BIG (mcopy -s)"
+        rm -f "$IMG" "$stamp"
+        truncate -s "${FAT_IMG_MB}M" "$IMG"
+        mkfs.fat -F 32 -n BENCH "$IMG" >/dev/null
+        mcopy -s -m -i "$IMG" "$FILES"/* "$SEQ/BIG" ::/
+        fsck.fat -n "$IMG" >/dev/null || die "fsck.fat -n $IMG is not clean after mcopy"
+        sync
+        echo "$want" >"$stamp"
+    fi
+    local IMG_MIB NF FMIB BIGB FB FAVG
+    IMG_MIB=$(du -m "$IMG" | cut -f1)
+    NF=$(find "$FILES" -type f | wc -l)
+    FB=$(find "$FILES" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
+    FAVG=$(awk -v b="$FB" -v n="$NF" 'BEGIN { printf "%.0f", b / n / 1024 }')
+    FMIB=$((FB / 1048576))
+    BIGB=$(stat -c %s "$SEQ/BIG")
+    local BIGMB_F
+    BIGMB_F=$(awk -v b="$BIGB" 'BEGIN { print b / 1e6 }')
+    # mtools paths of every file, in the order find lists the host copy.
+    local LIST=$W/fat.list
+    (cd "$FILES" && find . -type f | sed 's|^\./|::/|') >"$LIST"
+    # Where the files lie in the image: their bytes, as one raw range from the first data cluster.
+    local DATA_OFF
+    DATA_OFF=$(python3 - "$IMG" <<'PY' 2>/dev/null || echo 0
+import struct, sys
+b = open(sys.argv[1], 'rb').read(512)
+bps, spc, res, nf = struct.unpack_from('<H', b, 11)[0], b[13], struct.unpack_from('<H', b, 14)[0], b[16]
+fs = struct.unpack_from('<I', b, 36)[0]
+print((res + nf * fs) * bps)
+PY
+)
+    local TABLE=FROWS
+    log "6a. reading $NF files ($FMIB MiB) and a $BIG_MB MiB file from a FAT32 image ($FAT_IMG_MB MiB, $IMG_MIB MiB allocated), $REPS reps"
+    local dfc=() dbc=() dbw=() ffc=() fbc=() mfc=() mbc=() rfc=() rbc=() memc=()
+    fat_dicomfs() {
+        bench_mount "$IMG"
+        drop_caches
+        timeit fat_read_files "$MNT"; dfc+=("$T_US")
+        drop_caches
+        timeit read_seq "$MNT/BIG"; dbc+=("$T_US")
+        # The image's bytes are in the page cache now; a fresh mount has none of BIG in its own
+        # (FUSE) page cache, so the daemon serves every byte, as memfs does on its first read.
+        bench_mount "$IMG"
+        timeit read_seq "$MNT/BIG"; dbw+=("$T_US")
+        bench_umount "$MNT"
+    }
+    fat_fusefat() {
+        fat_umount "$FUSEFAT_MNT"
+        mkdir -p "$FUSEFAT_MNT"
+        fusefat -o ro "$IMG" "$FUSEFAT_MNT"
+        fat_wait_mount "$FUSEFAT_MNT"
+        drop_caches
+        timeit fat_read_files "$FUSEFAT_MNT"; ffc+=("$T_US")
+        drop_caches
+        timeit read_seq "$FUSEFAT_MNT/BIG"; fbc+=("$T_US")
+        fat_umount "$FUSEFAT_MNT"
+    }
+    fat_mtools() {
+        drop_caches
+        timeit sh -c 'xargs -n 1 mtype -i "$1" <"$2" >/dev/null' sh "$IMG" "$LIST"; mfc+=("$T_US")
+        drop_caches
+        timeit sh -c 'mtype -i "$1" ::/BIG >/dev/null' sh "$IMG"; mbc+=("$T_US")
+    }
+    fat_raw() {
+        drop_caches
+        timeit dd if="$IMG" of=/dev/null bs=1M skip="$((DATA_OFF / 1048576))" count="$((FB / 1048576))" status=none; rfc+=("$T_US")
+        drop_caches
+        timeit dd if="$IMG" of=/dev/null bs=1M skip="$((DATA_OFF / 1048576))" count="$((BIGB / 1048576))" status=none; rbc+=("$T_US")
+    }
+    fat_memfs() {
+        fat_umount "$MEMFS_MNT"
+        mkdir -p "$MEMFS_MNT"
+        "$MEMFS" "$MEMFS_MNT" "$((BIGB / 1048576))" &
+        fat_wait_mount "$MEMFS_MNT"
+        timeit read_seq "$MEMFS_MNT/BIG"; memc+=("$T_US")
+        fat_umount "$MEMFS_MNT"
+        wait || true
+    }
+    local i
+    for ((i = 0; i < REPS; i++)); do rotate "$i" fat_dicomfs fat_fusefat fat_mtools fat_raw fat_memfs; done
+    # The raw row counts bytes: express it in files/s of the same bytes.
+    cmp_row "Read $NF files of ~$FAVG KiB from the image, cold: fusefat vs dicomfs (\`-o ro\`)" files/s "$NF" "$NF" 5 "${ffc[@]}" -- "${dfc[@]}"
+    cmp_row "… same: \`mtype\` of every file (one process per file) vs dicomfs" files/s "$NF" "$NF" 0.5 "${mfc[@]}" -- "${dfc[@]}"
+    cmp_row "… same: \`dd\` of the image's raw bytes (the same amount, in one run) vs dicomfs" files/s "$NF" "$NF" "" "${rfc[@]}" -- "${dfc[@]}"
+    cmp_row "Read the $BIG_MB MiB file from the image, cold: fusefat vs dicomfs" MB/s "$BIGMB_F" "$BIGMB_F" 5 "${fbc[@]}" -- "${dbc[@]}"
+    cmp_row "… same: \`mtype ::/BIG\` vs dicomfs" MB/s "$BIGMB_F" "$BIGMB_F" "" "${mbc[@]}" -- "${dbc[@]}"
+    cmp_row "… same: \`dd\` of the image's raw bytes vs dicomfs" MB/s "$BIGMB_F" "$BIGMB_F" "" "${rbc[@]}" -- "${dbc[@]}"
+    cmp_row "… $BIG_MB MiB from memfs (FUSE, bytes in memory) vs dicomfs, image in the page cache, fresh mount (first read)" MB/s "$BIGMB_F" "$BIGMB_F" 0.8 "${memc[@]}" -- "${dbw[@]}"
+
+    # --- 6b. large cards: what each driver sees of the image ---
+    local seen_d seen_f
+    bench_mount "$IMG"
+    seen_d=$(find "$MNT" -type f | wc -l)
+    bench_umount "$MNT"
+    fat_umount "$FUSEFAT_MNT"
+    fusefat -o ro "$IMG" "$FUSEFAT_MNT"
+    fat_wait_mount "$FUSEFAT_MNT"
+    seen_f=$(find "$FUSEFAT_MNT" -type f 2>/dev/null | wc -l)
+    fat_umount "$FUSEFAT_MNT"
+    local want_n=$((NF + 1))
+    FNOTES+=("Files seen on the $FAT_IMG_MB MiB image (\`find -type f\`, $want_n on it, mtools' count): dicomfs $seen_d, fusefat $seen_f.")
+    [[ $seen_d == "$want_n" ]] || fat_check_fail "dicomfs shows $seen_d files of $IMG, mtools put $want_n there"
+
+    # --- 6c. ingest: cp -r into a fresh image through dicomfs vs mcopy -s ---
+    local SRC_DIRS=() d
+    for d in "$FILES"/*/; do SRC_DIRS+=("${d%/}"); done
+    local NSRC
+    NSRC=$(find "${SRC_DIRS[@]}" -type f | wc -l)
+    local EMPTY=$W/fat-empty.img WI=$W/w-fat-ingest.img
+    rm -f "$EMPTY"
+    truncate -s "${FAT_IMG_MB}M" "$EMPTY"
+    mkfs.fat -F 32 -n BENCH "$EMPTY" >/dev/null
+    log "6c. cp -r of $NSRC files into a fresh FAT32 image through dicomfs vs mcopy -s, $REPS reps"
+    local ic=() mc=()
+    ingest_dicomfs() {
+        local n
+        bench_umount "$MNT"
+        cp --sparse=always "$EMPTY" "$WI"
+        "$BIN" init "$WI" >/dev/null
+        fat_warm
+        bench_mount_rw "$WI"
+        timeit fat_cp_umount "${SRC_DIRS[@]}"
+        ic+=("$T_US")
+        fsck.fat -n "$WI" >"$W/fat-fsck.log" 2>&1 || fat_check_fail "fsck.fat -n after cp -r through dicomfs is not clean: $(tr '\n' ' ' <"$W/fat-fsck.log")"
+        n=$({ "$BIN" ls "$WI" 2>/dev/null || true; } | grep -c '\.dcm' || true)
+        [[ $n == "$NSRC" ]] || fat_check_fail "after cp -r of $NSRC files into the FAT image and umount, the DICOMDIR references $n instances"
+    }
+    ingest_mcopy() {
+        cp --sparse=always "$EMPTY" "$WI"
+        fat_warm
+        timeit mcopy -s -m -i "$WI" "${SRC_DIRS[@]}" ::/
+        mc+=("$T_US")
+    }
+    for ((i = 0; i < REPS; i++)); do rotate "$i" ingest_dicomfs ingest_mcopy; done
+    rm -f "$WI" "$EMPTY"
+    cmp_row "\`cp -r\` of $NSRC files (~$FAVG KiB) into a fresh FAT32 image: \`mcopy -s\` vs dicomfs (\`cp -r\` + \`umount\`, DICOMDIR kept)" files/s "$NSRC" "$NSRC" 0.5 "${mc[@]}" -- "${ic[@]}"
+}
+
+fat_report() {
+    echo "FAT32 image ($FAT_IMG_MB MiB, sparse) holding the same files, in the same run: dicomfs against fusefat, mtools, raw \`dd\` and an in-memory FUSE file system; median of $REPS, ranges in parentheses. The ratio is dicomfs's speed over the reference's."
+    echo
+    echo "| Benchmark | Reference | dicomfs | Ratio dicomfs/reference | Target |"
+    echo "|---|---:|---:|---:|---|"
+    printf '%s\n' "${FROWS[@]}"
+    if ((${#FNOTES[@]} > 0)); then
+        echo
+        printf -- '- %s\n' "${FNOTES[@]}"
+    fi
+}
+
+if [[ ${BENCH_FAT_ONLY:-0} == 1 ]]; then
+    fat_section
+    fat_report | tee "$W/results-fat.md"
+    log "report also written to $W/results-fat.md"
+    [[ $CHECK_FAILED == 0 ]] || exit 1
+    exit 0
+fi
 
 # --- 1. sequential read of one big file --------------------------------------------------------------
 SEQ=$W/seq
@@ -691,6 +922,8 @@ lat_row "… same, warm" secs s "" "" "${dkw[@]}" -- "${rbw[@]}"
 rm -rf "$RB"
 TABLE=ROWS
 
+if [[ ${BENCH_FAT:-1} != 0 ]]; then fat_section; fi
+
 # --- report ------------------------------------------------------------------------------------------
 {
     echo "Reads and metadata, \`dicomfs mount\` (native view, FUSE passthrough unless noted) against the backing directory in the same run; median of $REPS."
@@ -713,6 +946,10 @@ TABLE=ROWS
     if ((${#NOTES[@]} > 0)); then
         echo
         printf -- '- %s\n' "${NOTES[@]}"
+    fi
+    if ((${#FROWS[@]} > 0)); then
+        echo
+        fat_report
     fi
 } | tee "$W/results.md"
 log "report also written to $W/results.md"

@@ -9,6 +9,7 @@
 //! for a path given on the command line.
 
 pub mod fat;
+pub mod fault;
 mod host;
 
 pub use fat::{BlockDev, Fat, FatOptions, FileDev, MemDev};

@@ -2,6 +2,8 @@
 //! unmounts, and the external oracles.
 #![allow(dead_code)]
 
+pub mod fat;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
