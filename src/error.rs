@@ -23,6 +23,13 @@ pub enum Error {
         reason: String,
         errno: i32,
     },
+    /// The same refusal again, for a later operation on a copy that already failed (its
+    /// first report was logged; this one is logged at debug level only).
+    Again {
+        path: String,
+        reason: String,
+        errno: i32,
+    },
     /// No such file or directory in a view.
     NotFound { path: String },
     /// A bad request from the user (a command-line argument, an option).
@@ -73,7 +80,7 @@ impl Error {
             }),
             Error::Malformed { .. } | Error::Invalid { .. } => libc::EIO,
             Error::ReadOnly { .. } => libc::EROFS,
-            Error::Rejected { errno, .. } => *errno,
+            Error::Rejected { errno, .. } | Error::Again { errno, .. } => *errno,
             Error::NotFound { .. } => libc::ENOENT,
             Error::Usage(_) => libc::EINVAL,
         }
@@ -82,7 +89,7 @@ impl Error {
     /// The level the error is logged at when it answers a file operation.
     pub fn level(&self) -> Level {
         match self {
-            Error::NotFound { .. } => Level::Debug,
+            Error::NotFound { .. } | Error::Again { .. } => Level::Debug,
             Error::ReadOnly { .. } => Level::Info,
             Error::Usage(_) | Error::Rejected { .. } => Level::Warn,
             Error::Medium { source, .. } if source.kind() == io::ErrorKind::NotFound => {
@@ -105,7 +112,9 @@ impl fmt::Display for Error {
             Error::Malformed { path, reason } => write!(f, "{path}: malformed: {reason}"),
             Error::Invalid { path, reason } => write!(f, "{path}: {reason}"),
             Error::ReadOnly { path } => write!(f, "{path}: read-only file system"),
-            Error::Rejected { path, reason, .. } => write!(f, "{path}: {reason}"),
+            Error::Rejected { path, reason, .. } | Error::Again { path, reason, .. } => {
+                write!(f, "{path}: {reason}")
+            }
             Error::NotFound { path } => write!(f, "{path}: no such file or directory"),
             Error::Usage(m) => write!(f, "{m}"),
         }

@@ -119,6 +119,9 @@ struct Staged {
     staged: Option<String>,
     /// Why it is dropped, logged when it is closed.
     dropped: Option<String>,
+    /// A write that failed (ENOSPC, EFBIG, not DICOM): its errno and reason. Nothing of the
+    /// copy is kept, and every later write, truncate and the close return the error again.
+    failed: Option<(i32, String)>,
     size: u64,
     mtime: SystemTime,
 }

@@ -897,9 +897,15 @@ fn a_file_past_4_gib_minus_1_is_efbig() {
                 unsafe { libc::ftruncate(fd, 5i64 << 30) }
             };
             let e = errno();
-            // SAFETY: fd is ours.
-            unsafe { libc::close(fd) };
             assert_eq!((r, e), (-1, libc::EFBIG), "{what}");
+            // The copy has failed for good: a later truncate on the same descriptor and the
+            // close say so again (nothing was stored).
+            // SAFETY: fd is ours.
+            let r2 = unsafe { libc::ftruncate(fd, 5i64 << 30) };
+            assert_eq!((r2, errno()), (-1, libc::EFBIG), "{what}, then ftruncate");
+            // SAFETY: fd is ours.
+            let c = unsafe { libc::close(fd) };
+            assert_eq!((c, errno()), (-1, libc::EFBIG), "{what}, then close");
         }
     }
     assert_fsck_clean(&img);

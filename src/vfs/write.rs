@@ -61,6 +61,15 @@ fn errno(path: &str, errno: i32, reason: impl Into<String>) -> Error {
     Error::rejected(path, errno, reason)
 }
 
+/// The refusal of a copy that already failed, again (logged at debug: it was reported once).
+fn again(path: &str, errno: i32, reason: &str) -> Error {
+    Error::Again {
+        path: path.into(),
+        reason: reason.into(),
+        errno,
+    }
+}
+
 fn depth(shown: &str) -> usize {
     if shown.is_empty() {
         0
@@ -191,6 +200,7 @@ impl Vfs {
                     name: name.into(),
                     staged,
                     dropped,
+                    failed: None,
                     size: 0,
                     mtime: now,
                 }),
@@ -235,6 +245,7 @@ impl Vfs {
                     name,
                     staged,
                     dropped,
+                    failed: None,
                     size: 0,
                     mtime: SystemTime::now(),
                 });
@@ -279,6 +290,9 @@ impl Vfs {
                 "only files being copied in can be written",
             ));
         };
+        if let Some((no, why)) = &s.failed {
+            return Err(again(&s.name, *no, why));
+        }
         let end = offset + data.len() as u64;
         if let Some(p) = s.staged.clone() {
             if offset <= 128 && end >= 132 && s.dropped.is_none() {
@@ -288,11 +302,9 @@ impl Vfs {
                     let _ = self.live.medium.remove(&p);
                     s.staged = None;
                     s.dropped = Some(String::new());
-                    return Err(errno(
-                        &name,
-                        libc::EINVAL,
-                        "not a DICOM Part-10 file (no DICM at byte 128); nothing was stored",
-                    ));
+                    let why = "not a DICOM Part-10 file (no DICM at byte 128); nothing was stored";
+                    s.failed = Some((libc::EINVAL, why.into()));
+                    return Err(errno(&name, libc::EINVAL, why));
                 }
             }
             if let Err(e) = self.live.medium.write_at(&p, offset, data) {
@@ -300,7 +312,9 @@ impl Vfs {
                 let _ = self.live.medium.remove(&p);
                 s.staged = None;
                 s.dropped = Some(String::new());
-                return Err(Error::medium(s.name.to_string(), e));
+                let err = Error::medium(s.name.to_string(), e);
+                s.failed = Some((err.errno(), format!("an earlier write failed: {err}")));
+                return Err(err);
             }
         }
         s.size = s.size.max(end);
@@ -316,6 +330,16 @@ impl Vfs {
             let Data::Staged(s) = &node.data else {
                 return Ok(());
             };
+            if let Some((no, why)) = &s.failed {
+                // close() of a copy whose write failed fails too: nothing was stored.
+                let e = again(&s.name, *no, why);
+                node.data = Data::Ghost {
+                    target: None,
+                    size: 0,
+                    mtime: SystemTime::now(),
+                };
+                return Err(e);
+            }
             let out = (
                 s.parent,
                 s.name.clone(),
@@ -685,12 +709,25 @@ impl Vfs {
             let node = nodes.get_mut(ino)?;
             match &mut node.data {
                 Data::Staged(s) => {
+                    if let Some((no, why)) = &s.failed {
+                        if size.is_some() {
+                            return Err(again(&s.name, *no, why));
+                        }
+                    }
                     if let Some(n) = size {
-                        if let Some(p) = &s.staged {
-                            self.live
-                                .medium
-                                .truncate(p, n)
-                                .map_err(|e| Error::medium(p.clone(), e))?;
+                        if let Some(p) = s.staged.clone() {
+                            if let Err(e) = self.live.medium.truncate(&p, n) {
+                                // Like a failed write: nothing of the copy is kept.
+                                let _ = self.live.medium.remove(&p);
+                                s.staged = None;
+                                s.dropped = Some(String::new());
+                                let err = Error::medium(s.name.to_string(), e);
+                                s.failed = Some((
+                                    err.errno(),
+                                    format!("an earlier truncate failed: {err}"),
+                                ));
+                                return Err(err);
+                            }
                         }
                         s.size = n;
                     }
