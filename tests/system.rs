@@ -739,6 +739,33 @@ fn semantics_rename_truncate_chmod_utimes_fsync_of_native_files() {
 }
 
 #[test]
+fn semantics_unlink_of_a_native_file_no_record_references_removes_it() {
+    let rig = Rig::new("sem-unref", true);
+    // Files another program left on the medium: not referenced by the DICOMDIR.
+    std::fs::write(rig.src.join("README.TXT"), b"burned by some viewer").unwrap();
+    std::fs::create_dir(rig.src.join("VIEWER")).unwrap();
+    std::fs::write(rig.src.join("VIEWER/RUN.EXE"), b"MZ").unwrap();
+    let before = std::fs::read(rig.src.join("DICOMDIR")).unwrap();
+    {
+        let _m = Mount::new(&rig.src, &rig.mnt, &[]);
+        std::fs::remove_file(rig.mnt.join("README.TXT")).expect("unlink README.TXT");
+        std::fs::remove_file(rig.mnt.join("VIEWER/RUN.EXE")).expect("unlink VIEWER/RUN.EXE");
+        std::fs::remove_dir(rig.mnt.join("VIEWER")).expect("rmdir VIEWER");
+        assert!(!rig.mnt.join("README.TXT").exists());
+    }
+    assert!(
+        !rig.src.join("README.TXT").exists(),
+        "removed from the medium"
+    );
+    assert!(!rig.src.join("VIEWER").exists(), "removed from the medium");
+    assert_eq!(
+        std::fs::read(rig.src.join("DICOMDIR")).unwrap(),
+        before,
+        "the DICOMDIR is untouched"
+    );
+}
+
+#[test]
 fn semantics_copy_onto_a_ghost_copies_the_name_in_again() {
     let rig = Rig::new("sem-ghost-trunc", true);
     let study = rig.instances("study", 2, 61);
