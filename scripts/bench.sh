@@ -422,15 +422,6 @@ PY
     }
     local i
     for ((i = 0; i < REPS; i++)); do rotate "$i" fat_dicomfs fat_fusefat fat_mtools fat_raw fat_memfs; done
-    # The raw row counts bytes: express it in files/s of the same bytes.
-    cmp_row "Read $NF files of ~$FAVG KiB from the image, cold: fusefat vs dicomfs (\`-o ro\`)" files/s "$NF" "$NF" 5 "${ffc[@]}" -- "${dfc[@]}"
-    cmp_row "… same: \`mtype\` of every file (one process per file) vs dicomfs" files/s "$NF" "$NF" 0.5 "${mfc[@]}" -- "${dfc[@]}"
-    cmp_row "… same: \`dd\` of the image's raw bytes (the same amount, in one run) vs dicomfs" files/s "$NF" "$NF" "" "${rfc[@]}" -- "${dfc[@]}"
-    cmp_row "Read the $BIG_MB MiB file from the image, cold: fusefat vs dicomfs" MB/s "$BIGMB_F" "$BIGMB_F" 5 "${fbc[@]}" -- "${dbc[@]}"
-    cmp_row "… same: \`mtype ::/BIG\` vs dicomfs" MB/s "$BIGMB_F" "$BIGMB_F" "" "${mbc[@]}" -- "${dbc[@]}"
-    cmp_row "… same: \`dd\` of the image's raw bytes vs dicomfs" MB/s "$BIGMB_F" "$BIGMB_F" "" "${rbc[@]}" -- "${dbc[@]}"
-    cmp_row "… $BIG_MB MiB from memfs (FUSE, bytes in memory) vs dicomfs, image in the page cache, fresh mount (first read)" MB/s "$BIGMB_F" "$BIGMB_F" 0.8 "${memc[@]}" -- "${dbw[@]}"
-
     # --- 6b. large cards: what each driver sees of the image ---
     local seen_d seen_f
     bench_mount "$IMG"
@@ -444,6 +435,18 @@ PY
     local want_n=$((NF + 1))
     FNOTES+=("Files seen on the $FAT_IMG_MB MiB image (\`find -type f\`, $want_n on it, mtools' count): dicomfs $seen_d, fusefat $seen_f.")
     [[ $seen_d == "$want_n" ]] || fat_check_fail "dicomfs shows $seen_d files of $IMG, mtools put $want_n there"
+
+    # fusefat reads only the files it sees (it misses the directories past 2 GiB of a big image):
+    # its rate counts those, not the ones it never read.
+    local nf_fusefat=$((seen_f - 1))
+    # The raw row counts bytes: express it in files/s of the same bytes.
+    cmp_row "Read $NF files of ~$FAVG KiB from the image, cold: fusefat (reads the $nf_fusefat it sees) vs dicomfs (\`-o ro\`)" files/s "$nf_fusefat" "$NF" 5 "${ffc[@]}" -- "${dfc[@]}"
+    cmp_row "… same: \`mtype\` of every file (one process per file) vs dicomfs" files/s "$NF" "$NF" 0.5 "${mfc[@]}" -- "${dfc[@]}"
+    cmp_row "… same: \`dd\` of the image's raw bytes (the same amount, in one run) vs dicomfs" files/s "$NF" "$NF" "" "${rfc[@]}" -- "${dfc[@]}"
+    cmp_row "Read the $BIG_MB MiB file from the image, cold: fusefat vs dicomfs" MB/s "$BIGMB_F" "$BIGMB_F" 5 "${fbc[@]}" -- "${dbc[@]}"
+    cmp_row "… same: \`mtype ::/BIG\` vs dicomfs" MB/s "$BIGMB_F" "$BIGMB_F" "" "${mbc[@]}" -- "${dbc[@]}"
+    cmp_row "… same: \`dd\` of the image's raw bytes vs dicomfs" MB/s "$BIGMB_F" "$BIGMB_F" "" "${rbc[@]}" -- "${dbc[@]}"
+    cmp_row "… $BIG_MB MiB from memfs (FUSE, bytes in memory) vs dicomfs, image in the page cache, fresh mount (first read)" MB/s "$BIGMB_F" "$BIGMB_F" 0.8 "${memc[@]}" -- "${dbw[@]}"
 
     # --- 6c. ingest: cp -r into a fresh image through dicomfs vs mcopy -s ---
     local SRC_DIRS=() d
