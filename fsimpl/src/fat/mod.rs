@@ -674,6 +674,26 @@ impl Fat {
         Ok((d, name))
     }
 
+    /// For create and mkdir: the parent directory, the last component and its 8.3 name, if
+    /// the name is one dicomfs may make and nothing has it yet.
+    fn new_name<'p>(
+        &self,
+        st: &mut State,
+        path: &'p str,
+    ) -> io::Result<(usize, &'p str, [u8; 11])> {
+        let (dir, name) = self.parent(st, path)?;
+        let short = layout::short_name(name).ok_or_else(|| {
+            err(
+                io::ErrorKind::InvalidInput,
+                format!("{path}: dicomfs creates only uppercase 8.3 names on FAT"),
+            )
+        })?;
+        if self.child(st, dir, name)?.is_some() {
+            return Err(err(io::ErrorKind::AlreadyExists, format!("{path}: exists")));
+        }
+        Ok((dir, name, short))
+    }
+
     /// A free slot in a directory, growing it by a cluster if needed. The slot after it is
     /// made an end marker first if it may hold garbage.
     fn alloc_slot(&self, st: &mut State, dir: usize) -> io::Result<u32> {
@@ -1251,16 +1271,7 @@ impl Medium for Fat {
     fn create(&self, path: &str) -> io::Result<()> {
         let mut st = self.st.lock();
         self.ensure_writable(&mut st)?;
-        let (dir, name) = self.parent(&mut st, path)?;
-        let short = layout::short_name(name).ok_or_else(|| {
-            err(
-                io::ErrorKind::InvalidInput,
-                format!("{path}: dicomfs creates only uppercase 8.3 names on FAT"),
-            )
-        })?;
-        if self.child(&mut st, dir, name)?.is_some() {
-            return Err(err(io::ErrorKind::AlreadyExists, format!("{path}: exists")));
-        }
+        let (dir, name, short) = self.new_name(&mut st, path)?;
         let entry = self.now_entry(short, ATTR_ARCHIVE);
         let id = self.new_node(
             &mut st,
@@ -1283,16 +1294,7 @@ impl Medium for Fat {
     fn mkdir(&self, path: &str) -> io::Result<()> {
         let mut st = self.st.lock();
         self.ensure_writable(&mut st)?;
-        let (dir, name) = self.parent(&mut st, path)?;
-        let short = layout::short_name(name).ok_or_else(|| {
-            err(
-                io::ErrorKind::InvalidInput,
-                format!("{path}: dicomfs creates only uppercase 8.3 names on FAT"),
-            )
-        })?;
-        if self.child(&mut st, dir, name)?.is_some() {
-            return Err(err(io::ErrorKind::AlreadyExists, format!("{path}: exists")));
-        }
+        let (dir, name, short) = self.new_name(&mut st, path)?;
         // The new directory's cluster: zeroed with "." and "..", then its FAT entry.
         let c = self.alloc(&mut st, 1, None)?[0];
         let mut entry = self.now_entry(short, ATTR_DIR);
