@@ -1,5 +1,5 @@
 //! Fault injection for tests: a [`BlockDev`] wrapper that fails, or stops persisting, after a
-//! given number of writes, and an in-memory [`BlockDev`].
+//! given number of writes (over any device; [`crate::MemDev`] is the in-memory one).
 //!
 //! Writes are numbered from 1 in the order they reach the wrapper. With [`Fault::Fail`] `{ after:
 //! n }` writes 1..=n are stored and every later write (and flush) returns `EIO`, as a card pulled
@@ -155,70 +155,13 @@ impl BlockDev for FaultDev {
     }
 }
 
-/// A device held in memory (tests, benchmarks).
-pub struct MemDev {
-    bytes: Mutex<Vec<u8>>,
-    what: String,
-}
-
-impl MemDev {
-    pub fn new(bytes: Vec<u8>) -> Arc<MemDev> {
-        Arc::new(MemDev {
-            what: format!("memory device of {} bytes", bytes.len()),
-            bytes: Mutex::new(bytes),
-        })
-    }
-    /// A copy of the bytes.
-    pub fn bytes(&self) -> Vec<u8> {
-        self.bytes.lock().unwrap().clone()
-    }
-}
-
-impl BlockDev for MemDev {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let b = self.bytes.lock().unwrap();
-        let end = offset.checked_add(buf.len() as u64);
-        if end.is_none_or(|e| e > b.len() as u64) {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "read past the end of the memory device",
-            ));
-        }
-        buf.copy_from_slice(&b[offset as usize..][..buf.len()]);
-        Ok(())
-    }
-    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        let mut b = self.bytes.lock().unwrap();
-        let end = offset.checked_add(data.len() as u64);
-        if end.is_none_or(|e| e > b.len() as u64) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "write past the end of the memory device",
-            ));
-        }
-        b[offset as usize..][..data.len()].copy_from_slice(data);
-        Ok(())
-    }
-    fn flush(&self) -> io::Result<()> {
-        Ok(())
-    }
-    fn len(&self) -> u64 {
-        self.bytes.lock().unwrap().len() as u64
-    }
-    fn describe(&self) -> String {
-        self.what.clone()
-    }
-    fn writable(&self) -> bool {
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MemDev;
 
     fn dev(fault: Fault) -> (Arc<MemDev>, Arc<FaultDev>) {
-        let m = MemDev::new(vec![0u8; 4096]);
+        let m = Arc::new(MemDev::new(vec![0u8; 4096]));
         let f = FaultDev::new(m.clone(), fault);
         (m, f)
     }

@@ -26,6 +26,19 @@ pub trait BlockDev: Send + Sync {
     }
 }
 
+/// `[offset, offset + n)` must lie within a device of `len` bytes (`what` names it).
+fn in_bounds(offset: u64, n: usize, len: u64, write: bool, what: &str) -> io::Result<()> {
+    if offset.checked_add(n as u64).is_none_or(|e| e > len) {
+        let (kind, op) = if write {
+            (io::ErrorKind::InvalidInput, "write")
+        } else {
+            (io::ErrorKind::UnexpectedEof, "read")
+        };
+        return Err(io::Error::new(kind, format!("{op} past the end of {what}")));
+    }
+    Ok(())
+}
+
 /// An image file or a block device.
 pub struct FileDev {
     file: File,
@@ -92,30 +105,14 @@ impl FileDev {
 
 impl BlockDev for FileDev {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|e| e > self.len)
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("read past the end of the {}", self.what),
-            ));
-        }
+        in_bounds(offset, buf.len(), self.len, false, &self.what)?;
         self.file.read_exact_at(buf, offset)
     }
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         if !self.writable {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
         }
-        if offset
-            .checked_add(data.len() as u64)
-            .is_none_or(|e| e > self.len)
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("write past the end of the {}", self.what),
-            ));
-        }
+        in_bounds(offset, data.len(), self.len, true, &self.what)?;
         self.file.write_all_at(data, offset)
     }
     fn flush(&self) -> io::Result<()> {
@@ -146,27 +143,11 @@ pub struct Window<D: ?Sized> {
 
 impl<D: BlockDev + ?Sized> BlockDev for Window<D> {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|e| e > self.len)
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("read past the end of {}", self.what),
-            ));
-        }
+        in_bounds(offset, buf.len(), self.len, false, &self.what)?;
         self.inner.read_at(self.start + offset, buf)
     }
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        if offset
-            .checked_add(data.len() as u64)
-            .is_none_or(|e| e > self.len)
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("write past the end of {}", self.what),
-            ));
-        }
+        in_bounds(offset, data.len(), self.len, true, &self.what)?;
         self.inner.write_at(self.start + offset, data)
     }
     fn flush(&self) -> io::Result<()> {
@@ -378,20 +359,26 @@ impl MemDev {
 impl BlockDev for MemDev {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let b = self.bytes.read();
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .filter(|&e| e <= b.len() as u64)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"))?;
-        buf.copy_from_slice(&b[offset as usize..end as usize]);
+        in_bounds(
+            offset,
+            buf.len(),
+            b.len() as u64,
+            false,
+            "the memory device",
+        )?;
+        buf.copy_from_slice(&b[offset as usize..][..buf.len()]);
         Ok(())
     }
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut b = self.bytes.write();
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|&e| e <= b.len() as u64)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "write past the end"))?;
-        b[offset as usize..end as usize].copy_from_slice(data);
+        in_bounds(
+            offset,
+            data.len(),
+            b.len() as u64,
+            true,
+            "the memory device",
+        )?;
+        b[offset as usize..][..data.len()].copy_from_slice(data);
         Ok(())
     }
     fn flush(&self) -> io::Result<()> {

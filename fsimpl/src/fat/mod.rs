@@ -142,6 +142,41 @@ struct Node {
     dir: Option<Box<DirData>>,
 }
 
+impl Node {
+    /// A live node under `parent`; a directory if the entry says so.
+    fn new(parent: usize, name: String, entry: Entry, slot: Option<Slot>) -> Node {
+        Node {
+            alive: true,
+            gen: 0,
+            parent,
+            name,
+            is_dir: entry.attr & ATTR_DIR != 0,
+            entry,
+            slot,
+            chain: None,
+            dir: None,
+        }
+    }
+}
+
+/// A directory entry made now (times now, no clusters, size 0).
+fn now_entry(short: [u8; 11], attr: u8) -> Entry {
+    let (t, d, tenth) = layout::fat_time(SystemTime::now());
+    Entry {
+        short,
+        attr,
+        nt_case: 0,
+        ctime_tenth: tenth,
+        ctime: t,
+        cdate: d,
+        adate: d,
+        first: 0,
+        mtime: t,
+        mdate: d,
+        size: 0,
+    }
+}
+
 fn upper(s: &str) -> String {
     if s.is_ascii() {
         s.to_ascii_uppercase()
@@ -206,30 +241,11 @@ impl Fat {
             .clean_bit()
             .is_some_and(|b| geo.get(&disk, 1) != EOC && mem[1] & b == 0);
         let was_dirty = boot[geo.dirty_byte] & 1 != 0 || clean_bit;
-        let now = layout::fat_time(SystemTime::now());
-        let root = Node {
-            alive: true,
-            gen: 0,
-            parent: 0,
-            name: String::new(),
-            entry: Entry {
-                short: *b"           ",
-                attr: ATTR_DIR,
-                nt_case: 0,
-                ctime_tenth: 0,
-                ctime: now.0,
-                cdate: now.1,
-                adate: now.1,
-                first: geo.root_cluster,
-                mtime: now.0,
-                mdate: now.1,
-                size: 0,
-            },
-            is_dir: true,
-            slot: None,
-            chain: None,
-            dir: None,
+        let root_entry = Entry {
+            first: geo.root_cluster,
+            ..now_entry(*b"           ", ATTR_DIR)
         };
+        let root = Node::new(0, String::new(), root_entry, None);
         let fat = Fat {
             dev,
             geo,
@@ -603,21 +619,7 @@ impl Fat {
             children.push((name, short, entry, slot));
         }
         for (name, short, entry, slot) in children {
-            let is_dir = entry.attr & ATTR_DIR != 0;
-            let nid = self.new_node(
-                st,
-                Node {
-                    alive: true,
-                    gen: 0,
-                    parent: id,
-                    name: name.clone(),
-                    entry,
-                    is_dir,
-                    slot: Some(slot),
-                    chain: None,
-                    dir: None,
-                },
-            );
+            let nid = self.new_node(st, Node::new(id, name.clone(), entry, Some(slot)));
             d.keys.entry(upper(&name)).or_insert(nid);
             d.keys.entry(short).or_insert(nid);
             d.order.push(nid);
@@ -845,23 +847,6 @@ impl Fat {
             lfn: Vec::new(),
         });
         self.write_entry(st, id)
-    }
-
-    fn now_entry(&self, short: [u8; 11], attr: u8) -> Entry {
-        let (t, d, tenth) = layout::fat_time(SystemTime::now());
-        Entry {
-            short,
-            attr,
-            nt_case: 0,
-            ctime_tenth: tenth,
-            ctime: t,
-            cdate: d,
-            adate: d,
-            first: 0,
-            mtime: t,
-            mdate: d,
-            size: 0,
-        }
     }
 
     fn touch(entry: &mut Entry) {
@@ -1193,7 +1178,7 @@ impl Fat {
             }
         };
         let off = self.slot_offset(&mut st, 0, index)?;
-        let e = self.now_entry(l, ATTR_VOLUME);
+        let e = now_entry(l, ATTR_VOLUME);
         self.dev
             .write_at(off, &e.encode(self.geo.kind == Kind::Fat32))?;
         Ok(())
@@ -1272,21 +1257,9 @@ impl Medium for Fat {
         let mut st = self.st.lock();
         self.ensure_writable(&mut st)?;
         let (dir, name, short) = self.new_name(&mut st, path)?;
-        let entry = self.now_entry(short, ATTR_ARCHIVE);
-        let id = self.new_node(
-            &mut st,
-            Node {
-                alive: true,
-                gen: 0,
-                parent: dir,
-                name: name.to_string(),
-                entry,
-                is_dir: false,
-                slot: None,
-                chain: Some(Arc::new(Vec::new())),
-                dir: None,
-            },
-        );
+        let mut node = Node::new(dir, name.to_string(), now_entry(short, ATTR_ARCHIVE), None);
+        node.chain = Some(Arc::new(Vec::new()));
+        let id = self.new_node(&mut st, node);
         self.link_node(&mut st, dir, id);
         Ok(())
     }
@@ -1297,7 +1270,7 @@ impl Medium for Fat {
         let (dir, name, short) = self.new_name(&mut st, path)?;
         // The new directory's cluster: zeroed with "." and "..", then its FAT entry.
         let c = self.alloc(&mut st, 1, None)?[0];
-        let mut entry = self.now_entry(short, ATTR_DIR);
+        let mut entry = now_entry(short, ATTR_DIR);
         entry.first = c;
         let fat32 = self.geo.kind == Kind::Fat32;
         let mut buf = vec![0u8; self.geo.cluster_size as usize];
@@ -1324,20 +1297,7 @@ impl Medium for Fat {
             let _ = self.write_fat(&mut st);
             return Err(e);
         }
-        let id = self.new_node(
-            &mut st,
-            Node {
-                alive: true,
-                gen: 0,
-                parent: dir,
-                name: name.to_string(),
-                entry,
-                is_dir: true,
-                slot: None,
-                chain: None,
-                dir: None,
-            },
-        );
+        let id = self.new_node(&mut st, Node::new(dir, name.to_string(), entry, None));
         let spc = self.geo.cluster_size / 32;
         st.nodes[id].dir = Some(Box::new(DirData {
             keys: HashMap::new(),
