@@ -61,6 +61,22 @@ fn errno(path: &str, errno: i32, reason: impl Into<String>) -> Error {
     Error::rejected(path, errno, reason)
 }
 
+/// A copy failed (`err`, whose errno it keeps answering with `why`): its staged bytes at
+/// `staged` go, and every later write, truncate and the close fail the same way.
+fn fail_copy(
+    medium: &dyn fsimpl::Medium,
+    s: &mut Staged,
+    staged: &str,
+    err: Error,
+    why: String,
+) -> Error {
+    let _ = medium.remove(staged);
+    s.staged = None;
+    s.dropped = Some(String::new());
+    s.failed = Some((err.errno(), why));
+    err
+}
+
 /// The refusal of a copy that already failed, again (logged at debug: it was reported once).
 fn again(path: &str, errno: i32, reason: &str) -> Error {
     Error::Again {
@@ -298,23 +314,16 @@ impl Vfs {
             if offset <= 128 && end >= 132 && s.dropped.is_none() {
                 let k = (128 - offset) as usize;
                 if &data[k..k + 4] != b"DICM" {
-                    let name = s.name.to_string();
-                    let _ = self.live.medium.remove(&p);
-                    s.staged = None;
-                    s.dropped = Some(String::new());
                     let why = "not a DICOM Part-10 file (no DICM at byte 128); nothing was stored";
-                    s.failed = Some((libc::EINVAL, why.into()));
-                    return Err(errno(&name, libc::EINVAL, why));
+                    let err = errno(&s.name, libc::EINVAL, why);
+                    return Err(fail_copy(&*self.live.medium, s, &p, err, why.into()));
                 }
             }
             if let Err(e) = self.live.medium.write_at(&p, offset, data) {
                 // Nothing of a copy that failed is kept (ENOSPC: the medium is full).
-                let _ = self.live.medium.remove(&p);
-                s.staged = None;
-                s.dropped = Some(String::new());
                 let err = Error::medium(s.name.to_string(), e);
-                s.failed = Some((err.errno(), format!("an earlier write failed: {err}")));
-                return Err(err);
+                let why = format!("an earlier write failed: {err}");
+                return Err(fail_copy(&*self.live.medium, s, &p, err, why));
             }
         }
         s.size = s.size.max(end);
@@ -718,15 +727,9 @@ impl Vfs {
                         if let Some(p) = s.staged.clone() {
                             if let Err(e) = self.live.medium.truncate(&p, n) {
                                 // Like a failed write: nothing of the copy is kept.
-                                let _ = self.live.medium.remove(&p);
-                                s.staged = None;
-                                s.dropped = Some(String::new());
                                 let err = Error::medium(s.name.to_string(), e);
-                                s.failed = Some((
-                                    err.errno(),
-                                    format!("an earlier truncate failed: {err}"),
-                                ));
-                                return Err(err);
+                                let why = format!("an earlier truncate failed: {err}");
+                                return Err(fail_copy(&*self.live.medium, s, &p, err, why));
                             }
                         }
                         s.size = n;
