@@ -29,30 +29,13 @@ use dicomfs::fsu::{Ingested, Live, Profile};
 use dicomfs::synth;
 use fsimpl::{BlockDev, Fat, FatOptions, FileDev, Medium};
 use std::collections::BTreeSet;
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(cmd: &mut Command) -> Output {
-    let out = run(cmd);
-    assert!(out.status.success(), "{cmd:?} failed: {}", text(&out));
-    out
-}
 
 fn instances(patients: usize, series: usize, per_series: usize, seed: u64) -> Vec<synth::Instance> {
     synth::instances(&synth::Spec {
@@ -112,48 +95,6 @@ fn rel_files(dir: &Path) -> Vec<String> {
         .into_iter()
         .map(|p| p.strip_prefix(dir).unwrap().to_string_lossy().into_owned())
         .collect()
-}
-
-fn cpath(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).unwrap()
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap()
-}
-
-/// open(O_CREAT|O_TRUNC) + write + close with raw syscalls (close()'s error is the ingest's).
-fn write_close(path: &Path, data: &[u8]) -> Result<(), (&'static str, i32)> {
-    let c = cpath(path);
-    // SAFETY: c is a valid NUL-terminated path.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
-            0o644,
-        )
-    };
-    if fd < 0 {
-        return Err(("open", errno()));
-    }
-    let mut off = 0;
-    while off < data.len() {
-        let n = (data.len() - off).min(128 * 1024);
-        // SAFETY: the buffer holds n bytes from off; fd is ours.
-        let w = unsafe { libc::write(fd, data[off..].as_ptr().cast(), n) };
-        if w < 0 {
-            let e = errno();
-            // SAFETY: fd is ours.
-            unsafe { libc::close(fd) };
-            return Err(("write", e));
-        }
-        off += w as usize;
-    }
-    // SAFETY: fd is ours.
-    if unsafe { libc::close(fd) } != 0 {
-        return Err(("close", errno()));
-    }
-    Ok(())
 }
 
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {
@@ -888,7 +829,7 @@ fn a_file_past_4_gib_minus_1_is_efbig() {
                     0o644,
                 )
             };
-            assert!(fd >= 0, "open: {}", errno());
+            assert!(fd >= 0, "open: {}", last_errno());
             let r = if k == 0 {
                 // SAFETY: fd is ours; the buffer is 1 byte.
                 unsafe { libc::pwrite(fd, b"x".as_ptr().cast(), 1, 4i64 << 30) as i32 }
@@ -896,16 +837,20 @@ fn a_file_past_4_gib_minus_1_is_efbig() {
                 // SAFETY: fd is ours.
                 unsafe { libc::ftruncate(fd, 5i64 << 30) }
             };
-            let e = errno();
+            let e = last_errno();
             assert_eq!((r, e), (-1, libc::EFBIG), "{what}");
             // The copy has failed for good: a later truncate on the same descriptor and the
             // close say so again (nothing was stored).
             // SAFETY: fd is ours.
             let r2 = unsafe { libc::ftruncate(fd, 5i64 << 30) };
-            assert_eq!((r2, errno()), (-1, libc::EFBIG), "{what}, then ftruncate");
+            assert_eq!(
+                (r2, last_errno()),
+                (-1, libc::EFBIG),
+                "{what}, then ftruncate"
+            );
             // SAFETY: fd is ours.
             let c = unsafe { libc::close(fd) };
-            assert_eq!((c, errno()), (-1, libc::EFBIG), "{what}, then close");
+            assert_eq!((c, last_errno()), (-1, libc::EFBIG), "{what}, then close");
         }
     }
     assert_fsck_clean(&img);

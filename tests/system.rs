@@ -11,10 +11,9 @@ mod common;
 
 use common::*;
 use dicomfs::synth;
-use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -74,21 +73,6 @@ impl Drop for SysMount {
         }
         wait_daemon_gone(&self.0);
     }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(cmd: &mut Command) -> Output {
-    let out = run(cmd);
-    assert!(out.status.success(), "{cmd:?} failed: {}", text(&out));
-    out
 }
 
 /// A test's directories: SOURCE (an empty File-set unless `init` is false), a scratch
@@ -718,7 +702,7 @@ fn semantics_rename_truncate_chmod_utimes_fsync_of_native_files() {
         libc::EPERM
     );
     // truncate of an instance: EPERM.
-    let c = CString::new(inst.as_os_str().as_bytes()).unwrap();
+    let c = cpath(&inst);
     // SAFETY: c is a valid path.
     assert_eq!(unsafe { libc::truncate(c.as_ptr(), 0) }, -1);
     assert_eq!(

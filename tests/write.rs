@@ -9,10 +9,8 @@ use common::*;
 use dicomfs::dicom;
 use dicomfs::synth;
 use std::collections::BTreeMap;
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,22 +67,6 @@ impl Rig {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Run a command and insist that it exits 0.
-fn ok(cmd: &mut Command) -> Output {
-    let out = run(cmd);
-    assert!(out.status.success(), "{cmd:?} failed: {}", text(&out));
-    out
 }
 
 /// Small synthetic instances (16x16 MR/CT images), no SR/PDF.
@@ -226,49 +208,6 @@ fn assert_refusal_logged(rig: &Rig, needles: &[&str]) -> String {
     let line = assert_one_log_line(rig, needles);
     assert!(line.contains(" WARN "), "not logged at level warn: {line}");
     line
-}
-
-fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap()
-}
-
-fn cpath(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).unwrap()
-}
-
-/// open(O_CREAT|O_TRUNC) + write + close with raw syscalls, so an error returned by close()
-/// is seen (std's File ignores it). Err((which call, errno)).
-fn write_close(path: &Path, data: &[u8]) -> Result<(), (&'static str, i32)> {
-    let c = cpath(path);
-    // SAFETY: c is a valid NUL-terminated path.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
-            0o644,
-        )
-    };
-    if fd < 0 {
-        return Err(("open", last_errno()));
-    }
-    let mut off = 0;
-    while off < data.len() {
-        let n = (data.len() - off).min(64 * 1024);
-        // SAFETY: the buffer holds at least n bytes from off; fd is open.
-        let w = unsafe { libc::write(fd, data[off..].as_ptr().cast(), n) };
-        if w < 0 {
-            let e = last_errno();
-            // SAFETY: fd is open and ours.
-            unsafe { libc::close(fd) };
-            return Err(("write", e));
-        }
-        off += w as usize;
-    }
-    // SAFETY: fd is open and ours.
-    if unsafe { libc::close(fd) } != 0 {
-        return Err(("close", last_errno()));
-    }
-    Ok(())
 }
 
 /// Poll until a condition holds (deletes are written ~100 ms after the last one).

@@ -4,6 +4,8 @@
 
 pub mod fat;
 
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -184,6 +186,23 @@ pub fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap()
 }
 
+/// A command's exit status and output, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Run a command and insist that it exits 0.
+pub fn ok(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(out.status.success(), "{cmd:?} failed: {}", text(&out));
+    out
+}
+
 /// `diff -r A B` is empty.
 pub fn assert_same_tree(a: &Path, b: &Path) {
     assert_same_tree_except(a, b, &[]);
@@ -244,4 +263,49 @@ pub fn copy_tree(a: &Path, b: &Path) {
         .arg(format!("{}/.", a.display()))
         .arg(b));
     assert!(st.status.success());
+}
+
+/// The errno of the last failed libc call.
+pub fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap()
+}
+
+/// A path as a C string.
+pub fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+/// open(O_CREAT|O_TRUNC) + write + close with raw syscalls, so an error returned by close()
+/// is seen (std's File ignores it). Err((which call, errno)).
+pub fn write_close(path: &Path, data: &[u8]) -> Result<(), (&'static str, i32)> {
+    let c = cpath(path);
+    // SAFETY: c is a valid NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    if fd < 0 {
+        return Err(("open", last_errno()));
+    }
+    let mut off = 0;
+    while off < data.len() {
+        let n = (data.len() - off).min(64 * 1024);
+        // SAFETY: the buffer holds at least n bytes from off; fd is open.
+        let w = unsafe { libc::write(fd, data[off..].as_ptr().cast(), n) };
+        if w < 0 {
+            let e = last_errno();
+            // SAFETY: fd is open and ours.
+            unsafe { libc::close(fd) };
+            return Err(("write", e));
+        }
+        off += w as usize;
+    }
+    // SAFETY: fd is open and ours.
+    if unsafe { libc::close(fd) } != 0 {
+        return Err(("close", last_errno()));
+    }
+    Ok(())
 }
