@@ -597,6 +597,8 @@ fn write_scenarios(bits: u8, mib: u64, layout: Layout) {
         d.push(vbytes);
         deleted = d;
         assert!(img.dirty());
+        // The oracles on the File-set as the read-write mount shows it, before unmounting.
+        assert_oracles_pass(m.path());
     }
     // Clean unmount: dirty bit cleared, fsck.fat clean, no long names, oracles on mcopy -s.
     assert!(!img.dirty(), "dirty bit still set after a clean unmount");
