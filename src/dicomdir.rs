@@ -78,6 +78,10 @@ pub struct Record {
     pub lower_at: u32,
     /// Byte position just past the item (after its delimiter, if any).
     pub end: u32,
+    /// Byte position of a Data Set Trailing Padding element (FFFC,FFFC) that ends a
+    /// defined-length item (0: none). dicomfs's in-place delete leaves the deleted records'
+    /// bytes there; `body` ends where it starts.
+    pub pad: u32,
     pub parent: Option<u32>,
     pub children: Vec<u32>,
     /// Referenced File ID components as stored (trimmed), joined with `\`.
@@ -354,6 +358,7 @@ impl DicomDir {
             };
             let mut raw_keys: Vec<(u32, &[u8])> = Vec::new();
             let mut ok = true;
+            let mut pad_end = 0;
             while r.pos < item_end {
                 let eat = r.pos;
                 let eh = match r.header() {
@@ -390,6 +395,10 @@ impl DicomDir {
                     }
                 };
                 let mut vr = Reader::new(v, 0, syntax);
+                if eh.tag == tags::TRAILING_PADDING && ih.len != UNDEFINED {
+                    rec.pad = eat as u32;
+                    pad_end = r.pos;
+                }
                 match eh.tag {
                     tags::NEXT_RECORD => {
                         rec.next = vr.u32().unwrap_or(0);
@@ -419,8 +428,15 @@ impl DicomDir {
             if item_end != usize::MAX && item_end <= r.buf.len() {
                 r.pos = item_end;
             }
-            rec.body = (body_start as u32, r.pos.min(r.buf.len()) as u32);
             rec.end = r.pos.min(r.buf.len()) as u32;
+            if rec.pad != 0 && pad_end != item_end {
+                // Padding must end the item.
+                rec.pad = 0;
+            }
+            rec.body = (
+                body_start as u32,
+                if rec.pad != 0 { rec.pad } else { rec.end },
+            );
             let cs = raw_keys
                 .iter()
                 .find(|(t, _)| *t == tags::SPECIFIC_CHARACTER_SET)

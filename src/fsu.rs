@@ -4,8 +4,11 @@
 //! image of its bytes, so that adding an instance costs O(1) in the size of the DICOMDIR: its
 //! records are appended at the end of the Directory Record Sequence and the few offsets that
 //! must point at them are patched in place (4 bytes each), along with the sequence length.
-//! Deleting detaches records in memory at once; the DICOMDIR is rewritten (atomically: a new
-//! file renamed over the old one) in batches by [`Live::commit`], then the files are removed.
+//! Deleting detaches records in memory at once; [`Live::commit`] writes a batch of deletes in
+//! place (the links patched, the records' bytes turned into padding inside the record before
+//! them, behind a journal: `journal.rs`) or, for large batches and to drop accumulated padding,
+//! rewrites the DICOMDIR (atomically: a new file renamed over the old one); then the files are
+//! removed.
 //!
 //! Order of writes, so that a crash (kill -9, a pulled stick) never leaves a record pointing at
 //! a missing file: an instance is written in full to the staging directory, renamed to its File
@@ -21,6 +24,8 @@ use crate::dicomdir::{self, DicomDir, Elem, Record, KEPT_KEYS};
 use crate::error::{Error, Result};
 use crate::fileset::{self, FileSet, Spelling, DICOMDIR, MAX_DICOMDIR};
 use crate::records;
+
+mod journal;
 use fsimpl::{Kind, Medium};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use std::collections::{HashMap, HashSet};
@@ -165,6 +170,11 @@ pub struct State {
     /// Shown File ID paths (with `/`) of those files, hidden from the views meanwhile.
     pub pending_paths: HashSet<String>,
     last_delete: Option<Instant>,
+    /// Records detached since the last commit.
+    pending_recs: Vec<u32>,
+    /// Bytes of deleted records kept as Data Set Trailing Padding inside other records (the
+    /// in-place delete); a rewrite drops them.
+    padding: u64,
     /// The image can be patched in place (Explicit VR LE, defined sequence length at the end
     /// of the file, every record's offsets patchable, no inactive records).
     patchable: bool,
@@ -262,8 +272,21 @@ impl State {
             pending_files: Vec::new(),
             pending_paths: HashSet::new(),
             last_delete: None,
+            pending_recs: Vec::new(),
+            padding: 0,
             patchable: false,
         }
+    }
+
+    /// Bytes held as padding by the records as read.
+    fn count_padding(&mut self) {
+        self.padding = self
+            .dir
+            .records
+            .iter()
+            .filter(|r| r.in_use && r.pad != 0)
+            .map(|r| (r.end - r.pad) as u64)
+            .sum();
     }
 
     /// Does a record reference this File ID (components joined with `\\`)?
@@ -518,6 +541,7 @@ impl Live {
                 let st = live.state.get_mut();
                 st.patchable = patchable(&st.dir, bytes.len());
                 st.image = bytes;
+                st.count_padding();
             }
         }
         live.state.get_mut().index();
@@ -541,8 +565,10 @@ impl Live {
         st.image = bytes;
         st.pending_files.clear();
         st.pending_paths.clear();
+        st.pending_recs.clear();
         st.dirs.clear();
         st.index();
+        st.count_padding();
         st.generation += 1;
         Ok(())
     }
@@ -905,6 +931,12 @@ impl Live {
         if st.patchable {
             return Ok(());
         }
+        // Deletes detached in memory but not written yet: detached again in the new tree.
+        let pending: Vec<String> = st
+            .pending_paths
+            .iter()
+            .map(|p| p.replace('/', "\\"))
+            .collect();
         let mut bytes = std::mem::take(&mut st.image);
         if st.dir.transfer_syntax != dicom::EXPLICIT_LE {
             bytes = dataset::transcode_to_explicit_le(&bytes)
@@ -924,6 +956,15 @@ impl Live {
         st.dir = d;
         st.image = out;
         st.index();
+        st.pending_files.clear();
+        st.pending_paths.clear();
+        st.pending_recs.clear();
+        for f in pending {
+            if let Some(&i) = st.by_file.get(f.as_str()) {
+                self.detach(st, i);
+            }
+        }
+        st.count_padding();
         st.generation += 1;
         if !st.patchable {
             return Err(Error::malformed(
@@ -1063,6 +1104,7 @@ impl Live {
                 lower: starts.get(k + 1).map(|&x| x as u32).unwrap_or(0),
                 next_at: s + e.next_at as u32,
                 lower_at: s + e.lower_at as u32,
+                pad: 0,
                 parent: up,
                 children: Vec::new(),
                 file_id: fid,
@@ -1114,6 +1156,7 @@ impl Live {
         while let Some(c) = cur {
             let parent = st.dir.records[c as usize].parent;
             st.dir.records[c as usize].in_use = false;
+            st.pending_recs.push(c);
             if let Some(f) = st.dir.records[c as usize].file_id.clone() {
                 st.by_file.remove(&f);
                 st.pending_files.push(fileset::medium_path(&f, st.spelling));
@@ -1158,67 +1201,122 @@ impl Live {
     }
 
     fn commit_locked(&self, st: &mut State) -> Result<()> {
-        if st.pending_files.is_empty() {
+        if st.pending_files.is_empty() && st.pending_recs.is_empty() {
             return Ok(());
         }
         self.ensure_patchable(st)?;
         let t = Instant::now();
-        let out = rewrite(st)?;
-        let t1 = t.elapsed();
-        if let Err(e) = self.replace_dicomdir(st, &out, false) {
-            // Nothing changed on the medium: the deletes are undone.
-            for f in &st.pending_files {
-                self.changed(f.rsplit_once('/').map(|x| x.0).unwrap_or("").to_string());
+        let journaled = match plan_unlink(st) {
+            Some(plan) => {
+                self.commit_in_place(st, plan)?;
+                log::debug!("commit: deleted in place in {:.1?}", t.elapsed());
+                true
             }
-            if let Err(e2) = Self::reload_state(&*self.medium, st) {
-                log::error!("after a failed rewrite, the DICOMDIR cannot be read again: {e2}");
+            None => {
+                self.commit_rewrite(st)?;
+                log::debug!("commit: rewrote the DICOMDIR in {:.1?}", t.elapsed());
+                false
             }
-            self.changed(String::new());
-            return Err(e);
-        }
-        log::debug!(
-            "commit: rewrote {} bytes in {t1:.1?}, replaced in {:.1?}",
-            out.len(),
-            t.elapsed() - t1
-        );
-        st.spare = std::mem::replace(&mut st.image, out);
+        };
+        st.pending_recs.clear();
         let files = std::mem::take(&mut st.pending_files);
         st.pending_paths.clear();
         let m = &*self.medium;
-        let mut dirs = Vec::new();
+        for d in remove_files(m, &files) {
+            let up = d.rsplit_once('/').map(|x| x.0).unwrap_or("").to_string();
+            self.changed(up);
+            self.changes.lock().removed.push(d);
+        }
         for f in &files {
-            if let Err(e) = m.remove(f) {
-                log::warn!("{f}: could not remove the deleted instance's file: {e}");
-            }
-            if let Some((d, _)) = f.rsplit_once('/') {
-                dirs.push(d.to_string());
-            }
             self.changed(f.rsplit_once('/').map(|x| x.0).unwrap_or("").to_string());
         }
-        dirs.sort();
-        dirs.dedup();
-        // Remove directories left empty, deepest first, walking up while they empty out.
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
-        for d in dirs {
-            let mut d = d;
-            loop {
-                let empty = m.list(&d).map(|l| l.is_empty()).unwrap_or(false);
-                if !empty || m.rmdir(&d).is_err() {
-                    break;
-                }
-                let up = d.rsplit_once('/').map(|x| x.0).unwrap_or("").to_string();
-                self.changed(up.clone());
-                self.changes.lock().removed.push(d.clone());
-                if up.is_empty() {
-                    break;
-                }
-                d = up;
-            }
+        if journaled {
+            // Last: until the files are gone, a crash replays the journal, which removes them.
+            let _ = m.remove(&journal::path());
         }
         // Directory entry counts of series directories shrank; re-count lazily.
         st.dirs.retain(|_, _| false);
         st.generation += 1;
         log::debug!("{} instance(s) deleted", files.len());
+        Ok(())
+    }
+
+    /// Undo detached deletes after a failed write: what is on the medium is the truth again.
+    fn restore(&self, st: &mut State) {
+        for f in &st.pending_files {
+            self.changed(f.rsplit_once('/').map(|x| x.0).unwrap_or("").to_string());
+        }
+        if let Err(e2) = Self::reload_state(&*self.medium, st) {
+            log::error!("after a failed DICOMDIR update, the DICOMDIR cannot be read again: {e2}");
+        }
+        self.changed(String::new());
+    }
+
+    /// The batched deletes as one atomic rewrite of the DICOMDIR (which also drops padding).
+    fn commit_rewrite(&self, st: &mut State) -> Result<()> {
+        let out = rewrite(st)?;
+        if let Err(e) = self.replace_dicomdir(st, &out, false) {
+            // Nothing changed on the medium: the deletes are undone.
+            self.restore(st);
+            return Err(e);
+        }
+        st.spare = std::mem::replace(&mut st.image, out);
+        st.padding = 0;
+        Ok(())
+    }
+
+    /// The batched deletes in place (O(1) in the DICOMDIR's size): the journal first, then the
+    /// patches, synced before any file is removed.
+    fn commit_in_place(&self, st: &mut State, plan: Unlink) -> Result<()> {
+        let m = &*self.medium;
+        let path = fileset::medium_path(DICOMDIR, st.spelling);
+        let j = journal::Journal {
+            dicomdir: path.clone(),
+            len: st.image.len() as u32,
+            patches: plan.patches,
+            files: st.pending_files.clone(),
+        };
+        {
+            let _g = self.staging_lock.lock();
+            self.staging_dir()?;
+            if let Err(e) = journal::write(m, &j) {
+                self.restore(st);
+                return Err(Error::medium(journal::path(), e));
+            }
+        }
+        let wrap = |e| Error::medium(DICOMDIR, e);
+        for (k, p) in j.patches.iter().enumerate() {
+            if let Err(e) = m.write_at(&path, p.pos as u64, &p.new) {
+                let undone = j.patches[..=k]
+                    .iter()
+                    .rev()
+                    .all(|p| m.write_at(&path, p.pos as u64, &p.old).is_ok());
+                if undone {
+                    let _ = m.remove(&journal::path());
+                }
+                // Otherwise the journal stays, and the next repair finishes the delete.
+                self.restore(st);
+                return Err(wrap(e));
+            }
+        }
+        if let Err(e) = m.sync(Some(&path)) {
+            // The journal stays: the next repair finishes the delete and removes the files.
+            self.restore(st);
+            return Err(wrap(e));
+        }
+        for p in &j.patches {
+            let at = p.pos as usize;
+            st.image[at..at + p.new.len()].copy_from_slice(&p.new);
+        }
+        for &(r, end, pad) in &plan.grow {
+            let r = &mut st.dir.records[r as usize];
+            r.end = end;
+            r.pad = pad;
+        }
+        for &i in &st.pending_recs {
+            st.dir.records[i as usize].children.clear();
+        }
+        st.padding += plan.bytes;
         Ok(())
     }
 
@@ -1281,13 +1379,216 @@ impl Live {
     }
 }
 
+/// Remove deleted instances' files, then the directories they leave empty (deepest first,
+/// walking up while they empty out). Returns the directories removed.
+fn remove_files(m: &dyn Medium, files: &[String]) -> Vec<String> {
+    let mut dirs = Vec::new();
+    for f in files {
+        match m.remove(f) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("{f}: could not remove the deleted instance's file: {e}"),
+        }
+        if let Some((d, _)) = f.rsplit_once('/') {
+            dirs.push(d.to_string());
+        }
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+    let mut removed = Vec::new();
+    for d in dirs {
+        let mut d = d;
+        loop {
+            let empty = m.list(&d).map(|l| l.is_empty()).unwrap_or(false);
+            if !empty || m.rmdir(&d).is_err() {
+                break;
+            }
+            let up = d.rsplit_once('/').map(|x| x.0).unwrap_or("").to_string();
+            removed.push(d);
+            if up.is_empty() {
+                break;
+            }
+            d = up;
+        }
+    }
+    removed
+}
+
+/// An in-place delete: the patches that unlink the detached records from the tree and turn
+/// their bytes into Data Set Trailing Padding (FFFC,FFFC) at the end of the item physically
+/// before them (PS3.10 7.2 lets nested data sets end with it), so no byte moves and no offset
+/// changes.
+struct Unlink {
+    patches: Vec<journal::Patch>,
+    /// (record, its new end, where its padding starts)
+    grow: Vec<(u32, u32, u32)>,
+    /// Bytes turned into padding.
+    bytes: u64,
+}
+
+/// Plan an in-place delete of the records detached since the last commit, or `None` when a
+/// rewrite is the way: too many records, padding past a quarter of the DICOMDIR (the rewrite
+/// compacts it), a record first in the sequence (nothing before it to absorb it), or an
+/// encoding the plan does not handle.
+fn plan_unlink(st: &State) -> Option<Unlink> {
+    const MAX_RECORDS: usize = 4096;
+    let d = &st.dir;
+    let img = &st.image;
+    let dead = &st.pending_recs;
+    if dead.is_empty() || dead.len() > MAX_RECORDS || !st.patchable {
+        return None;
+    }
+    let rec = |i: u32| d.records.get(i as usize);
+    let is_dead: HashSet<u32> = dead.iter().copied().collect();
+    if dead
+        .iter()
+        .any(|&i| rec(i).is_none_or(|r| !r.children.is_empty() || r.in_use))
+    {
+        return None;
+    }
+    let rd = |pos: u32| -> Option<u32> {
+        let p = pos as usize;
+        Some(u32::from_le_bytes(img.get(p..p + 4)?.try_into().ok()?))
+    };
+    let mut patches: Vec<journal::Patch> = Vec::new();
+    let want = |patches: &mut Vec<journal::Patch>, pos: u32, v: u32| -> Option<()> {
+        if pos == 0 {
+            return None;
+        }
+        let cur = rd(pos)?;
+        if cur != v {
+            patches.push(journal::Patch {
+                pos,
+                old: cur.to_le_bytes().to_vec(),
+                new: v.to_le_bytes().to_vec(),
+            });
+        }
+        Some(())
+    };
+    // The links: every live list that lost a member (a parent's children, or the roots).
+    let mut lists: Vec<Option<u32>> = dead
+        .iter()
+        .map(|&i| d.records[i as usize].parent)
+        .filter(|p| p.is_none_or(|p| !is_dead.contains(&p)))
+        .collect();
+    lists.sort();
+    lists.dedup();
+    for p in lists {
+        let (list, head_at) = match p {
+            None => (&d.roots, d.first_root_at),
+            Some(p) => (&rec(p)?.children, rec(p)?.lower_at),
+        };
+        let off = |i: u32| rec(i).map(|r| r.offset);
+        want(
+            &mut patches,
+            head_at,
+            list.first().map_or(Some(0), |&c| off(c))?,
+        )?;
+        for w in list.windows(2) {
+            want(&mut patches, rec(w[0])?.next_at, off(w[1])?)?;
+        }
+        if let Some(&l) = list.last() {
+            want(&mut patches, rec(l)?.next_at, 0)?;
+        }
+        if p.is_none() {
+            want(
+                &mut patches,
+                d.last_root_at,
+                list.last().map_or(Some(0), |&c| off(c))?,
+            )?;
+        }
+    }
+    // The bytes: runs of physically adjacent dead records, each absorbed by the live record
+    // just before it.
+    let mut order: Vec<u32> = dead.clone();
+    order.sort_by_key(|&i| d.records[i as usize].offset);
+    order.dedup();
+    let mut runs: Vec<(u32, u32, u32)> = Vec::new(); // (first record, start, end)
+    for &i in &order {
+        let r = &d.records[i as usize];
+        match runs.last_mut() {
+            Some(run) if run.2 == r.offset => run.2 = r.end,
+            _ => runs.push((i, r.offset, r.end)),
+        }
+    }
+    let mut grow = Vec::new();
+    let mut bytes = 0u64;
+    for (first, start, end) in runs {
+        let size = end.checked_sub(start)?;
+        if size < 12 || size % 2 != 0 {
+            return None;
+        }
+        // Records are kept in file order; dead ones before are inside some live record.
+        let p = (0..first)
+            .rev()
+            .find(|&j| d.records[j as usize].in_use && !is_dead.contains(&j))?;
+        let pr = &d.records[p as usize];
+        if pr.end != start
+            || img.get(pr.offset as usize..pr.offset as usize + 4)? != [0xFE, 0xFF, 0x00, 0xE0]
+        {
+            return None;
+        }
+        // A defined-length item, its padding (if any) at its end.
+        if rd(pr.offset + 4)? != pr.end - pr.offset - 8 {
+            return None;
+        }
+        want(&mut patches, pr.offset + 4, end - pr.offset - 8)?;
+        let pad = if pr.pad != 0 {
+            if rd(pr.pad + 8)? != pr.end - pr.pad - 12 {
+                return None;
+            }
+            want(&mut patches, pr.pad + 8, end - pr.pad - 12)?;
+            pr.pad
+        } else {
+            let mut h = vec![0xFC, 0xFF, 0xFC, 0xFF, b'O', b'B', 0, 0];
+            h.extend_from_slice(&(size - 12).to_le_bytes());
+            let old = img.get(start as usize..start as usize + 12)?.to_vec();
+            patches.push(journal::Patch {
+                pos: start,
+                old,
+                new: h,
+            });
+            start
+        };
+        grow.push((p, end, pad));
+        bytes += size as u64;
+    }
+    // Compaction: past a quarter of the DICOMDIR (and 256 KiB), rewrite instead.
+    if st.padding + bytes > (img.len() as u64 / 4).max(256 << 10) {
+        return None;
+    }
+    let mut at: Vec<(u32, u32)> = patches
+        .iter()
+        .map(|p| (p.pos, p.pos + p.new.len() as u32))
+        .collect();
+    at.sort();
+    if at.windows(2).any(|w| w[1].0 < w[0].1) {
+        return None;
+    }
+    Some(Unlink {
+        patches,
+        grow,
+        bytes,
+    })
+}
+
 fn undo_dirs(m: &dyn Medium, made: &[String]) {
     for d in made.iter().rev() {
         let _ = m.rmdir(d);
     }
 }
 
-/// A new image without the detached records: the header as it was, the live records in
+/// Where a record's bytes end once its trailing padding is dropped.
+fn kept_end(r: &Record) -> u32 {
+    if r.pad != 0 {
+        r.pad
+    } else {
+        r.end
+    }
+}
+
+/// A new image without the detached records (and without padding): the header as it was, the live records in
 /// item order with their offsets recomputed. The state's records get their new positions.
 fn rewrite(st: &mut State) -> Result<Vec<u8>> {
     let d = &mut st.dir;
@@ -1319,7 +1620,7 @@ fn rewrite(st: &mut State) -> Result<Vec<u8>> {
     for (i, r) in d.records.iter().enumerate() {
         if keep[i] {
             newoff[i] = pos as u32;
-            pos += (r.end - r.offset) as usize;
+            pos += (kept_end(r) - r.offset) as usize;
         }
     }
     let off = |i: &u32| newoff[*i as usize];
@@ -1332,12 +1633,16 @@ fn rewrite(st: &mut State) -> Result<Vec<u8>> {
         if !keep[i] {
             continue;
         }
-        let (s, e) = (r.offset as usize, r.end as usize);
+        let (s, e) = (r.offset as usize, kept_end(r) as usize);
         let item = img
             .get(s..e)
             .ok_or_else(|| Error::malformed(DICOMDIR, "a record lies outside the file"))?;
         let base = out.len();
         out.extend_from_slice(item);
+        if r.pad != 0 {
+            // The padding is dropped: the item's defined length shrinks to its elements.
+            out[base + 4..base + 8].copy_from_slice(&((e - s - 8) as u32).to_le_bytes());
+        }
         let next = match next_of[i] {
             NONE => 0,
             k => off(&k),
@@ -1368,7 +1673,8 @@ fn rewrite(st: &mut State) -> Result<Vec<u8>> {
         r.next_at = delta(r.next_at);
         r.lower_at = delta(r.lower_at);
         r.body = (delta(r.body.0), delta(r.body.1));
-        r.end = delta(r.end);
+        r.end = delta(kept_end(r));
+        r.pad = 0;
         r.offset = n;
     }
     for r in d.records.iter_mut().filter(|r| !r.in_use) {
@@ -1385,6 +1691,22 @@ fn rewrite(st: &mut State) -> Result<Vec<u8>> {
 pub fn repair(arc: &Arc<dyn Medium>, profile: &Profile) -> Result<Vec<String>> {
     let medium = &**arc;
     let mut report = Vec::new();
+    // An in-place delete a crash interrupted: finish it (or drop a torn journal) first.
+    match journal::replay(medium).map_err(|e| Error::medium(journal::path(), e))? {
+        journal::Replayed::None => {}
+        journal::Replayed::Applied { patches, files } => {
+            report.push(format!(
+                "DICOMDIR: finished an interrupted delete ({patches} in-place change(s), {} file(s) removed)",
+                files.len()
+            ));
+            for d in remove_files(medium, &files) {
+                report.push(format!("{d}: removed, left empty by the delete"));
+            }
+        }
+        journal::Replayed::Discarded(why) => {
+            report.push(format!("{STAGING}/{}: discarded ({why})", journal::NAME));
+        }
+    }
     let fs = FileSet::open(arc.clone())?;
     let spelling = fs.spelling;
     let mut d = fs.dir;

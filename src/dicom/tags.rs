@@ -74,3 +74,6 @@ pub fn implicit_vr(tag: u32) -> [u8; 2] {
         _ => *b"UN",
     }
 }
+
+/// Data Set Trailing Padding (PS3.10 7.2): allowed at the end of a nested data set too.
+pub const TRAILING_PADDING: u32 = 0xFFFC_FFFC;

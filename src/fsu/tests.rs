@@ -61,6 +61,38 @@ fn assert_canonical(d: &Path) -> DicomDir {
     dir
 }
 
+/// The DICOMDIR on disk parses cleanly, every item in its sequence is a reachable record, and
+/// dropping the padding that in-place deletes leave gives exactly a fresh encode.
+fn assert_clean(d: &Path) -> DicomDir {
+    let bytes = std::fs::read(d.join(DICOMDIR)).unwrap();
+    let dir = DicomDir::parse(&bytes).unwrap();
+    assert!(dir.findings.is_empty(), "{:?}", dir.findings);
+    assert!(!dir.rebuilt);
+    assert_eq!(
+        dir.visible().len(),
+        dir.records.len(),
+        "unreachable records"
+    );
+    let mut st = State::new(dir.clone(), Spelling::Exact, bytes.clone());
+    let compact = rewrite(&mut st).unwrap();
+    let fresh = dicomdir::WDicomDir::from_read(&dir, &bytes)
+        .unwrap()
+        .encode();
+    assert!(
+        compact == fresh,
+        "dropping the padding does not give a fresh encode"
+    );
+    dir
+}
+
+fn padding(dir: &DicomDir) -> u32 {
+    dir.records
+        .iter()
+        .filter(|r| r.pad != 0)
+        .map(|r| r.end - r.pad)
+        .sum()
+}
+
 fn referenced(dir: &DicomDir) -> Vec<String> {
     let mut v: Vec<String> = dir
         .visible()
@@ -139,7 +171,7 @@ fn deletes_rewrite_once_and_remove_empty_records_and_directories() {
     assert!(!d.join(fids[0].replace('\\', "/")).exists());
     assert!(d.join(fids[1].replace('\\', "/")).exists());
     l.commit().unwrap();
-    let dir = assert_canonical(&d);
+    let dir = assert_clean(&d);
     assert_eq!(referenced(&dir).len(), all.len() - 4);
     for f in fids.iter().take(4) {
         assert!(!d.join(f.replace('\\', "/")).exists(), "{f}");
@@ -156,7 +188,7 @@ fn deletes_rewrite_once_and_remove_empty_records_and_directories() {
         l.delete(f).unwrap();
     }
     l.commit().unwrap();
-    let dir = assert_canonical(&d);
+    let dir = assert_clean(&d);
     assert!(dir.records.is_empty());
     l.close().unwrap();
     let left: Vec<_> = std::fs::read_dir(&d)
@@ -305,4 +337,185 @@ fn the_root_never_holds_more_than_its_cap() {
     assert!(dicomdir::file_id_problem(last).is_none());
     l.close().unwrap();
     assert_canonical(&d);
+}
+
+fn filled(name: &str) -> (PathBuf, Live, Vec<String>) {
+    let (d, l) = fresh(name);
+    let mut fids = Vec::new();
+    for i in &insts() {
+        match l.ingest(&stage(&l, &i.bytes()), "x", None).unwrap() {
+            Ingested::Added(f) => fids.push(f),
+            r => panic!("{r:?}"),
+        }
+    }
+    (d, l, fids)
+}
+
+#[test]
+fn a_delete_changes_the_dicomdir_in_place_and_a_rewrite_compacts_it() {
+    let (d, l, fids) = filled("inplace");
+    let before = std::fs::read(d.join(DICOMDIR)).unwrap();
+    // An instance in the middle of its series: its bytes become padding, nothing moves.
+    l.delete(&fids[1]).unwrap();
+    let after = std::fs::read(d.join(DICOMDIR)).unwrap();
+    assert_eq!(after.len(), before.len());
+    let dir = assert_clean(&d);
+    assert!(padding(&dir) > 0);
+    assert_eq!(referenced(&dir).len(), fids.len() - 1);
+    assert!(!d.join(fids[1].replace('\\', "/")).exists());
+    // The journal is gone once the delete is done.
+    assert!(!d.join(STAGING).join(journal::NAME).exists());
+    // Adjacent deletes (the rest of that series, so the SERIES record goes too) extend it.
+    l.delete(&fids[0]).unwrap();
+    l.delete(&fids[2]).unwrap();
+    l.commit().unwrap();
+    let dir = assert_clean(&d);
+    assert_eq!(std::fs::read(d.join(DICOMDIR)).unwrap().len(), before.len());
+    assert_eq!(referenced(&dir).len(), fids.len() - 3);
+    let series_dir = fids[0].rsplit_once('\\').unwrap().0.replace('\\', "/");
+    assert!(!d.join(&series_dir).exists());
+    // Adding after in-place deletes still appends and patches correctly.
+    let extra = synth::instances(&synth::Spec {
+        patients: 1,
+        studies: 1,
+        series: 1,
+        instances: 2,
+        rows: 4,
+        cols: 4,
+        seed: 7,
+        documents: false,
+        ..Default::default()
+    });
+    for i in &extra {
+        assert!(matches!(
+            l.ingest(&stage(&l, &i.bytes()), "x", None).unwrap(),
+            Ingested::Added(_)
+        ));
+    }
+    let dir = assert_clean(&d);
+    assert_eq!(referenced(&dir).len(), fids.len() - 3 + 2);
+    // A reopen reads the padding back, and keeps deleting in place.
+    l.close().unwrap();
+    let l = open(&d);
+    assert!(l.read().padding > 0);
+    l.delete(&fids[5]).unwrap();
+    let dir = assert_clean(&d);
+    assert_eq!(referenced(&dir).len(), fids.len() - 4 + 2);
+    // Padding past a quarter of the DICOMDIR: the next delete rewrites, which drops it all.
+    l.state.write().padding = u64::MAX / 2;
+    l.delete(&fids[7]).unwrap();
+    l.commit().unwrap();
+    let dir = assert_canonical(&d);
+    assert_eq!(padding(&dir), 0);
+    assert_eq!(referenced(&dir).len(), fids.len() - 5 + 2);
+    l.close().unwrap();
+}
+
+#[test]
+fn the_first_record_is_deleted_by_a_rewrite() {
+    let (d, l, fids) = filled("first");
+    // Deleting every instance of the first patient takes the first record of the sequence,
+    // which nothing before it can absorb.
+    let first: Vec<String> = {
+        let st = l.read();
+        let mut todo = vec![st.dir.roots[0]];
+        let mut out = Vec::new();
+        while let Some(i) = todo.pop() {
+            let r = &st.dir.records[i as usize];
+            out.extend(r.file_id.as_deref().map(String::from));
+            todo.extend(&r.children);
+        }
+        out
+    };
+    assert!(first.len() >= 6);
+    for f in first.iter().skip(1) {
+        l.delete(f).unwrap();
+    }
+    l.commit().unwrap();
+    assert!(padding(&assert_clean(&d)) > 0, "deleted in place");
+    l.delete(&first[0]).unwrap();
+    l.commit().unwrap();
+    let dir = assert_canonical(&d);
+    assert_eq!(referenced(&dir).len(), fids.len() - first.len());
+    l.close().unwrap();
+}
+
+/// A crash in the middle of an in-place delete, after the journal and `k` of its patches:
+/// the repair finishes the delete. A torn journal: the repair drops it and nothing changed.
+#[test]
+fn a_crash_inside_an_in_place_delete_is_finished_or_undone_by_repair() {
+    let (d0, l0, fids) = filled("crash0");
+    // Count the patches of deleting fids[4] (an instance with siblings on both sides).
+    let n = {
+        let mut st = l0.state.write();
+        let i = st.by_file[fids[4].as_str()];
+        l0.detach(&mut st, i);
+        plan_unlink(&st).unwrap().patches.len()
+    };
+    drop(l0);
+    let _ = std::fs::remove_dir_all(&d0);
+    assert!(n >= 3, "{n} patches");
+    for k in 0..=n + 1 {
+        let (d, l, fids) = filled(&format!("crash{k}"));
+        let path = fileset::medium_path(DICOMDIR, Spelling::Exact);
+        let target = fids[4].replace('\\', "/");
+        {
+            let mut st = l.state.write();
+            let i = st.by_file[fids[4].as_str()];
+            l.detach(&mut st, i);
+            let plan = plan_unlink(&st).unwrap();
+            let j = journal::Journal {
+                dicomdir: path.clone(),
+                len: st.image.len() as u32,
+                patches: plan.patches,
+                files: st.pending_files.clone(),
+            };
+            if k == n + 1 {
+                // Torn: only part of the journal reached the medium.
+                let b = j.encode();
+                l.medium.create(&journal::path()).unwrap();
+                l.medium
+                    .write_at(&journal::path(), 0, &b[..b.len() - 3])
+                    .unwrap();
+            } else {
+                journal::write(&*l.medium, &j).unwrap();
+                for p in j.patches.iter().take(k) {
+                    l.medium.write_at(&path, p.pos as u64, &p.new).unwrap();
+                }
+            }
+        }
+        drop(l); // the crash: the staging directory and the journal stay
+        let l = open(&d); // repairs
+        drop(l);
+        let dir = assert_clean(&d);
+        assert!(!d.join(STAGING).exists(), "k={k}");
+        let refs = referenced(&dir);
+        if k == n + 1 {
+            assert_eq!(refs.len(), fids.len(), "torn journal: the old state");
+            assert!(d.join(&target).exists());
+        } else {
+            assert_eq!(refs.len(), fids.len() - 1, "k={k}: the new state");
+            assert!(!d.join(&target).exists(), "k={k}");
+        }
+        for r in dir.records.iter().filter_map(|r| r.file_id.as_deref()) {
+            assert!(d.join(r.replace('\\', "/")).is_file(), "k={k}: {r} missing");
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
+
+/// A delete on a DICOMDIR in another writer's encoding (rewritten into dicomfs's own form
+/// first): the rewrite must keep the delete, or the file would go while still referenced.
+#[test]
+fn a_delete_survives_the_first_rewrite_of_a_foreign_dicomdir() {
+    let (d, l, fids) = filled("foreign");
+    l.state.write().patchable = false;
+    l.delete(&fids[3]).unwrap();
+    let dir = assert_clean(&d);
+    assert_eq!(referenced(&dir).len(), fids.len() - 1);
+    assert!(!d.join(fids[3].replace('\\', "/")).exists());
+    for r in dir.records.iter().filter_map(|r| r.file_id.as_deref()) {
+        assert!(d.join(r.replace('\\', "/")).is_file(), "{r} missing");
+    }
+    l.close().unwrap();
 }
