@@ -165,6 +165,8 @@ pub struct State {
     /// File ID -> record.
     by_file: HashMap<Box<str>, u32>,
     dirs: HashMap<String, DirInfo>,
+    /// Directories (File ID prefixes) known to exist on the medium, beyond those in `dirs`.
+    existing: HashSet<String>,
     /// Medium paths of files whose records were detached, to remove after the next rewrite.
     pending_files: Vec<String>,
     /// Shown File ID paths (with `/`) of those files, hidden from the views meanwhile.
@@ -269,6 +271,7 @@ impl State {
             by_sop: HashMap::new(),
             by_file: HashMap::new(),
             dirs: HashMap::new(),
+            existing: HashSet::new(),
             pending_files: Vec::new(),
             pending_paths: HashSet::new(),
             last_delete: None,
@@ -567,6 +570,7 @@ impl Live {
         st.pending_paths.clear();
         st.pending_recs.clear();
         st.dirs.clear();
+        st.existing.clear();
         st.index();
         st.count_padding();
         st.generation += 1;
@@ -859,7 +863,7 @@ impl Live {
         let fcomps = parts(&fid);
         for k in 1..comps.len() {
             let key = fcomps[..k].join("\\");
-            if st.dirs.get(&key).is_some_and(|i| i.exists) {
+            if st.dirs.get(&key).is_some_and(|i| i.exists) || st.existing.contains(&key) {
                 continue;
             }
             let d = comps[..k].join("/");
@@ -873,11 +877,14 @@ impl Live {
             }
             if let Some(i) = st.dirs.get_mut(&key) {
                 i.exists = true;
+            } else {
+                st.existing.insert(key);
             }
         }
         if let Err(e) = m.rename(staged, &target) {
             undo_dirs(m, &made);
             st.dirs.clear();
+            st.existing.clear();
             return Err(Error::medium(name, e));
         }
         // Reference it.
@@ -906,20 +913,14 @@ impl Live {
             let _ = m.rename(&target, staged);
             undo_dirs(m, &made);
             st.dirs.clear();
+            st.existing.clear();
             return Err(e);
         }
-        // Views: the new file's directory and any directory made.
-        let mut d = target
-            .rsplit_once('/')
-            .map(|x| x.0)
-            .unwrap_or("")
-            .to_string();
-        self.changed(d.clone());
-        while let Some((up, _)) = d.rsplit_once('/') {
-            d = up.to_string();
-            self.changed(d.clone());
+        // Views: directories made appear in their parents; the new file is added to its
+        // directory's listing (`Changes::added`), which is not listed again.
+        for d in &made {
+            self.changed(d.rsplit_once('/').map(|x| x.0).unwrap_or("").to_string());
         }
-        self.changed(String::new());
         self.changes.lock().added.push(fid.clone());
         st.generation += 1;
         Ok(Ingested::Added(fid))
@@ -1236,6 +1237,7 @@ impl Live {
         }
         // Directory entry counts of series directories shrank; re-count lazily.
         st.dirs.retain(|_, _| false);
+        st.existing.clear();
         st.generation += 1;
         log::debug!("{} instance(s) deleted", files.len());
         Ok(())

@@ -83,7 +83,7 @@ pub struct Attr {
 }
 
 /// A directory's entries, with an index for lookups.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Listing {
     entries: Vec<(Box<str>, u64)>,
     index: HashMap<Box<str>, u32>,
@@ -403,6 +403,22 @@ impl Vfs {
             // A File ID freed by a delete and given again: its cached stat is stale.
             if let Data::Native { stat, .. } = &mut nodes.nodes[i as usize - 1].data {
                 *stat = None;
+            }
+            // Into its directory's cached listing, instead of listing the medium again (a
+            // `cp -r` adds to the directory it then looks up in).
+            let (up, name) = shown.rsplit_once('/').unwrap_or(("", &shown));
+            let Some(&p) = nodes.by_path.get(up) else {
+                continue;
+            };
+            if let Data::Native { listing, stat, .. } = &mut nodes.nodes[p as usize - 1].data {
+                *stat = None;
+                if let Some(l) = listing {
+                    if spelling != Spelling::Exact || !self.upper.is_empty() {
+                        *listing = None;
+                    } else if !l.index.contains_key(name) {
+                        Arc::make_mut(l).push(name.into(), i);
+                    }
+                }
             }
         }
         self.alt_dirty.store(true, Ordering::Release);
