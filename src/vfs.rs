@@ -544,11 +544,13 @@ impl Vfs {
             _ => return Ok(None),
         };
         drop(nodes);
-        let mut entries = self
+        let entries = self
             .medium()
             .list(&path)
             .map_err(|e| Error::medium(path.to_string(), e))?;
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        // In the medium's own order, as a kernel file system lists: on FAT that is the
+        // directory's order, usually the order of the files' clusters, so reading a listing
+        // in turn reads the medium front to back.
         let hidden: HashSet<String> = if self.live.writable {
             self.live.read().pending_paths.clone()
         } else {

@@ -413,24 +413,7 @@ impl Vfs {
                 mtime,
             };
         }
-        // The parent's native listing shows the new file if it was given this very name.
-        if let Some(&p) = want.as_ref().and_then(|w| {
-            let shown = w.replace('\\', "/");
-            let up = shown
-                .rsplit_once('/')
-                .map(|x| x.0)
-                .unwrap_or("")
-                .to_string();
-            nodes.by_path.get(up.as_str())
-        }) {
-            if let Ok(Node {
-                data: Data::Native { listing, .. },
-                ..
-            }) = nodes.get_mut(p)
-            {
-                *listing = None;
-            }
-        }
+        // The parent's native listing gets the new file from `Vfs::refresh` (`Changes::added`).
         Ok(())
     }
 
