@@ -26,6 +26,8 @@
 #                were copied in) is listed under the report instead of stopping the run; the exit
 #                status is then 1
 #   BENCH_KEEP   1: keep the scratch copies of section 5 ($BENCH_DIR/w-*) at exit
+#   BENCH_SETTLE seconds each `cp -r` of section 5 waits after deleting the previous copy
+#                (default 61, QUICK: 0; see settle())
 #   BIG_MB       size of the big file of section 1 (and 6) in MiB (default 1024, QUICK: 64)
 #   FAT_IMG_MB   section 6 (FAT images): size of the sparse FAT32 image (default 8192, QUICK: 1024)
 #   BENCH_FAT    0: skip section 6;  BENCH_FAT_ONLY=1: only section 6 (and its data sets)
@@ -52,6 +54,7 @@ BENCH_REGEN=${BENCH_REGEN:-0}
 
 if [[ $QUICK == 1 ]]; then
     REPS=${REPS:-1}
+    BENCH_SETTLE=${BENCH_SETTLE:-0}
     BIG_MB=${BIG_MB:-64}
     FILES_ARGS=(--patients 2 --studies 1 --series 2 --instances 50 --rows 512 --cols 512)
     META_ARGS=(--patients 10 --studies 2 --series 5 --instances 99)
@@ -62,6 +65,7 @@ if [[ $QUICK == 1 ]]; then
     DCMTK_REPS=3  # dcmmkdir +A runs
 else
     REPS=${REPS:-5}
+    BENCH_SETTLE=${BENCH_SETTLE:-61}
     BIG_MB=${BIG_MB:-1024}
     FILES_ARGS=(--patients 10 --studies 1 --series 5 --instances 200 --rows 512 --cols 512)
     # 100 + 200 + 1,000 + 99,000 = 100,300 records
@@ -738,7 +742,7 @@ CP_SRC=("${SRC_DIRS[@]}")
 # ext4 skips inodes freed in the last 60 s when it allocates new ones (recently_deleted), and
 # each repetition deletes the previous one's 10,000 files just before: whichever copy lands
 # in those inode groups pays for it. So each copy waits until the deletes are 61 s old.
-settle() { sync; sleep "${BENCH_SETTLE:-61}"; }
+settle() { sync; sleep "$BENCH_SETTLE"; }
 cp_warm() { read_tree "$FILES"; sync; } # the source in the page cache, nothing dirty left
 cp_native() {
     local t0 t1 t2
