@@ -249,6 +249,7 @@ make_set meta "${META_ARGS[@]}" --no-files --no-documents
 # Section 5: new instances (another seed: new UIDs) to add one by one, and a File-set with instance
 # files for pydicom.
 make_set new --seed 2 --patients 1 --studies 1 --series 1 --instances "$N_ADD" --rows 512 --cols 512 --no-documents
+make_set new2 --seed 5 --patients 1 --studies 1 --series 1 --instances "$N_ADD" --rows 512 --cols 512 --no-documents
 make_set pyfs "${PY_ARGS[@]}" --no-documents
 
 
@@ -854,10 +855,54 @@ del_mount() {
     [[ $after != "$before" ]] || check_fail "the DICOMDIR was not rewritten by the time fsync of the mount root returned (\`rm ${ADDED[idx]}\`)"
 }
 for ((idx = 0; idx < N_DEL; idx++)); do rotate "$idx" del_native del_mount; done
+# The same adds and deletes inside one process (open + write + close of each file; unlink +
+# fsync of the root), so that starting `cp` and `rm` (about 5 ms each here) is not counted.
+log "5b'/5c'. $N_ADD more adds and $N_DEL deletes, each inside one process"
+mapfile -t ADD2_FILES < <(find "$W/new2" -mindepth 2 -type f | sort)
+ian=() iam=() idn=() idm=()
+while read -r what vals; do
+    read -r -a v <<<"$vals"
+    case $what in
+    an) ian=("${v[@]}") ;; am) iam=("${v[@]}") ;; dn) idn=("${v[@]}") ;; dm) idm=("${v[@]}") ;;
+    esac
+done < <(python3 - "$MNT" "$ADDDIR" "$ADDFS" "$N_DEL" "${ADD2_FILES[@]}" <<'PY'
+import os, sys, time
+mnt, plain, backing, ndel, files = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:]
+data = [open(f, "rb").read() for f in files]
+def on_medium():
+    out = set()
+    for d, subs, fs in os.walk(backing):
+        subs[:] = [s for s in subs if s != "DICOMFS.TMP"]
+        out |= {os.path.relpath(os.path.join(d, f), backing) for f in fs if f != "DICOMDIR"}
+    return out
+def us(f):
+    t = time.perf_counter(); f(); return int((time.perf_counter() - t) * 1e6)
+def add(dst, d):
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644); os.write(fd, d); os.close(fd)
+def rm(path, root):
+    os.unlink(path); fd = os.open(root, os.O_RDONLY); os.fsync(fd); os.close(fd)
+before = on_medium()
+r = {"an": [], "am": [], "dn": [], "dm": []}
+for i, d in enumerate(data):
+    jobs = [("an", f"{plain}/y_{i}.dcm"), ("am", f"{mnt}/y_{i}.dcm")]
+    for k, dst in (jobs if i % 2 == 0 else jobs[::-1]):
+        r[k].append(us(lambda: add(dst, d)))
+added = sorted(on_medium() - before)
+assert len(added) == len(data), f"{len(added)} new files on the medium after {len(data)} adds"
+for i in range(ndel):
+    jobs = [("dn", f"{plain}/y_{i}.dcm", plain), ("dm", f"{mnt}/{added[i]}", mnt)]
+    for k, path, root in (jobs if i % 2 == 0 else jobs[::-1]):
+        r[k].append(us(lambda: rm(path, root)))
+    assert not os.path.exists(os.path.join(backing, added[i])), added[i]
+for k, v in r.items():
+    print(k, *v)
+PY
+)
+((${#iam[@]} == N_ADD && ${#idm[@]} == N_DEL)) || check_fail "the in-process adds and deletes did not all run"
 bench_umount_rw "$MNT"
 n=$(count_instances "$ADDFS")
-[[ $n == $((META_INST + ${#ADDED[@]} - N_DEL)) ]] ||
-    check_fail "after ${#ADDED[@]} adds and $N_DEL deletes and umount, the DICOMDIR references $n instances, not $META_INST + ${#ADDED[@]} - $N_DEL"
+[[ $n == $((META_INST + 2 * (${#ADDED[@]} - N_DEL))) ]] ||
+    check_fail "after 2 x ${#ADDED[@]} adds and 2 x $N_DEL deletes and umount, the DICOMDIR references $n instances, not $META_INST + 2 x (${#ADDED[@]} - $N_DEL)"
 if [[ -e $ADDFS/DICOMFS.TMP ]]; then
     NOTES+=("After the adds and deletes and a clean umount, \`$ADDFS/DICOMFS.TMP\` was still there.")
     log "warning: $ADDFS/DICOMFS.TMP left after a clean umount"
@@ -930,6 +975,8 @@ if [[ $HAVE_PYDICOM == 1 ]]; then
     row "… reference: pydicom \`FileSet\` load + \`add\` + \`write\`, File-set of $PY_RECORDS records (with files), once" "$PY_CELL" "$(msf "$(median "${am[@]}")") ms (at $RECORDS records)" "$PY_RATIO" ""
 fi
 lat_row "Delete 1 instance (\`rm\` + fsync of the mount root) at $RECORDS records; native: \`rm\` + fsync of the directory" msf ms 100000 "< 100 ms" "${dn[@]}" -- "${dm[@]}"
+lat_row "Add 1 instance of $ADD_KIB KiB at $RECORDS records inside one process (open + write + close); native: the same into a directory" msf ms 5000 "< 5 ms" "${ian[@]}" -- "${iam[@]}"
+lat_row "Delete 1 instance at $RECORDS records inside one process (unlink + fsync of the mount root); native: the same in a directory" msf ms 100000 "< 100 ms" "${idn[@]}" -- "${idm[@]}"
 
 # --- 5d. rebuild a DICOMDIR for the files vs dcmmkdir +r ---
 log "5d. dicomfs rebuild vs dcmmkdir +r over $NSRC files, $REPS reps"

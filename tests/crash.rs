@@ -20,7 +20,8 @@
 //! count if the copy is quicker) during a 500-file copy, 20 times; the second runs the daemon
 //! under strace, which delivers SIGKILL on entry to a random pwrite64, so the kills land inside
 //! an ingest (after the rename, between the append and each offset patch), which random timing
-//! rarely hits. It is skipped, with a message, where strace is not installed.
+//! rarely hits. It is skipped, with a message, where strace is not installed. A third test
+//! kills the same way inside in-place deletes (`rm`): each must be whole or undone after repair.
 //!
 //! The seed is printed; rerun a failure with `DICOMFS_CRASH_SEED=N`. On failure the File-set and
 //! the daemons' logs are kept under /tmp (the path is in the message).
@@ -1048,5 +1049,112 @@ fn kill_9_at_a_random_write_of_the_updater_keeps_the_fileset_consistent() {
         "no kill landed inside an ingest (seed {}): {:?}",
         c.seed,
         c.kinds
+    );
+}
+
+/// Kill -9 inside in-place deletes: strace delivers SIGKILL on entry to the n-th pwrite64 of a
+/// daemon thread (the delete journal, then each patch of the DICOMDIR), for n = 1..=14, while
+/// `rm` deletes instances one at a time. After `dicomfs check --repair` each delete is either
+/// whole or not there at all: the DICOMDIR parses cleanly, every referenced file exists, every
+/// instance not deleted is still referenced, and every `rm` that returned 0 is gone from the
+/// DICOMDIR and the medium; the oracles pass.
+#[test]
+fn kill_9_inside_in_place_deletes_leaves_each_delete_whole_or_undone() {
+    if run(Command::new("sh").arg("-c").arg("command -v strace"))
+        .status
+        .code()
+        != Some(0)
+    {
+        eprintln!("SKIPPED: strace is not installed (apt-get install strace)");
+        return;
+    }
+    let t = TempDir::new("crash-delete");
+    let mnt = t.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let (mut finished, mut discarded, mut kills) = (0, 0, 0);
+    for n in 1..=14u64 {
+        let src = t.join(&format!("fs{n}"));
+        ok(Command::new(bin())
+            .arg("demo")
+            .arg(&src)
+            .args(["--patients", "2", "--studies", "1", "--series", "2"])
+            .args(["--instances", "6", "--no-documents"]));
+        let refs = |src: &Path| -> Vec<String> {
+            let d = DicomDir::parse(&std::fs::read(src.join("DICOMDIR")).unwrap()).unwrap();
+            assert!(
+                d.errors().next().is_none(),
+                "n={n}: {:?}",
+                d.errors().map(|f| &f.message).collect::<Vec<_>>()
+            );
+            let mut v: Vec<String> = d
+                .visible()
+                .into_iter()
+                .filter_map(|i| d.records[i as usize].file_id.as_deref())
+                .map(|f| f.replace('\\', "/"))
+                .collect();
+            v.sort();
+            v
+        };
+        let all = refs(&src);
+        assert_eq!(all.len(), 24);
+        // Every third instance: first, middle and last children of their series.
+        let victims: Vec<String> = all.iter().step_by(3).take(6).cloned().collect();
+        let log = t.join(&format!("fs{n}.log"));
+        let trace = t.join(&format!("fs{n}.strace"));
+        let mut d = Daemon::start(&src, &mnt, &log, Some((n, &trace)));
+        let mut gone = Vec::new();
+        for v in &victims {
+            if std::fs::remove_file(mnt.join(v)).is_ok() {
+                gone.push(v.clone());
+            }
+            if d.died() {
+                break;
+            }
+            // More than 200 ms apart: each delete is written on its own, before rm returns.
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        if d.died() {
+            d.kill9();
+            kills += 1;
+        } else {
+            d.stop();
+        }
+        let out = run(Command::new(bin()).arg("check").arg("--repair").arg(&src));
+        let report = text(&out);
+        finished += report.contains("finished an interrupted delete") as usize;
+        discarded += report.contains("JOURNAL: discarded") as usize;
+        let now = refs(&src);
+        assert!(!src.join(STAGING).exists(), "n={n}: {report}");
+        for f in &now {
+            assert!(
+                src.join(f).is_file(),
+                "n={n}: {f} is referenced but missing\n{report}"
+            );
+        }
+        for f in all.iter().filter(|f| !victims.contains(f)) {
+            assert!(
+                now.contains(f),
+                "n={n}: {f} was not deleted but is gone\n{report}"
+            );
+        }
+        for f in &gone {
+            assert!(
+                !now.contains(f),
+                "n={n}: rm {f} returned 0 but it is still referenced\n{report}"
+            );
+            assert!(
+                !src.join(f).exists(),
+                "n={n}: rm {f} returned 0 but its file is there"
+            );
+        }
+        if n % 4 == 0 {
+            assert_oracles_pass(&src);
+        }
+    }
+    eprintln!("{kills} kills; {finished} deletes finished from their journal, {discarded} journals discarded");
+    assert!(kills >= 7, "most runs should be killed inside a delete");
+    assert!(
+        finished > 0,
+        "no kill landed between a delete's journal and its end"
     );
 }
