@@ -11,7 +11,8 @@
 //!   bytes; every referenced file is there with the bytes of the instance it names; nothing
 //!   else is on the volume; Consistency Flag 0000H.
 //!
-//! A second test kills the daemon of a real mount with SIGKILL during `cp` of many files.
+//! The same sweep runs over in-place deletes (the journal, then the DICOMDIR patches). A last
+//! test kills the daemon of a real mount with SIGKILL during `cp` of many files.
 
 mod common;
 
@@ -109,6 +110,26 @@ fn session(image: &Path, fault: Fault, all: &[synth::Instance]) -> Session {
 
 /// Repair and check everything the module documentation lists.
 fn judge(t: &Path, img: &Img, all: &[synth::Instance], s: &Session, what: &str) {
+    let referenced = repaired(t, img, all, what, &format!("{s:?}"));
+    for &(k, tripped) in &s.ok {
+        if !tripped {
+            assert!(
+                referenced.contains_key(&k),
+                "{what}: instance {k} was ingested (Ok) before the fault but is not referenced\nsession: {s:?}"
+            );
+        }
+    }
+}
+
+/// Repair, then check fsck.fat, the oracles, the bytes of every referenced file and that
+/// nothing else is on the volume. Returns instance index -> File ID of what is referenced.
+fn repaired(
+    t: &Path,
+    img: &Img,
+    all: &[synth::Instance],
+    what: &str,
+    s: &str,
+) -> BTreeMap<usize, String> {
     let before = assert_fsck_only_crash_damage(img, &format!("{what} (session: {s:?})"));
     let out = run(Command::new(bin())
         .arg("check")
@@ -183,14 +204,6 @@ fn judge(t: &Path, img: &Img, all: &[synth::Instance], s: &Session, what: &str) 
         );
         referenced.insert(k, fid.to_string());
     }
-    for &(k, tripped) in &s.ok {
-        if !tripped {
-            assert!(
-                referenced.contains_key(&k),
-                "{what}: instance {k} was ingested (Ok) before the fault but is not referenced\nsession: {s:?}\nrepair: {said}"
-            );
-        }
-    }
     // Nothing but the DICOMDIR and the referenced files.
     let mut files: Vec<String> = files_below(&copy)
         .into_iter()
@@ -209,6 +222,7 @@ fn judge(t: &Path, img: &Img, all: &[synth::Instance], s: &Session, what: &str) 
         files, want,
         "{what}: files on the volume that nothing references"
     );
+    referenced
 }
 
 /// About `n` points spread over 0..=end, always with both ends and the start of the copy
@@ -358,4 +372,141 @@ fn daemon_pid(mnt: &Path) -> Option<i32> {
             .collect();
         (args.iter().any(|a| a == "mount") && args.contains(&want)).then_some(pid)
     })
+}
+
+/// Ingest `all` into the File-set on `image` and close it cleanly; the File IDs in order.
+fn populate(image: &Path, all: &[synth::Instance]) -> Vec<String> {
+    let dev: Arc<dyn BlockDev> = Arc::new(FileDev::open(image, true).unwrap());
+    let opts = FatOptions {
+        partition: None,
+        writable: true,
+        allow_dirty: false,
+    };
+    let m: Arc<dyn Medium> = Arc::new(Fat::open(dev, &opts).unwrap());
+    let fs = dicomfs::fileset::FileSet::open(m).unwrap();
+    let live = Live::open(fs, true, Profile::default()).unwrap();
+    let mut fids = Vec::new();
+    for i in all {
+        let p = live.stage().unwrap();
+        live.medium.write_at(&p, 0, &i.bytes()).unwrap();
+        match live.ingest(&p, "x", None).unwrap() {
+            Ingested::Added(f) => fids.push(f),
+            r => panic!("{r:?}"),
+        }
+    }
+    live.close().unwrap();
+    fids
+}
+
+/// Open the File-set through a FaultDev and delete `victims` (File IDs) one by one, each
+/// written on its own (in place, behind the journal), until an error; then drop, as a crash.
+fn delete_session(image: &Path, fault: Fault, victims: &[(usize, String)]) -> Session {
+    let mut s = Session::default();
+    let dev: Arc<dyn BlockDev> = Arc::new(FileDev::open(image, true).unwrap());
+    let fd = FaultDev::new(dev, fault);
+    let opts = FatOptions {
+        partition: None,
+        writable: true,
+        allow_dirty: false,
+    };
+    let fat = match Fat::open(fd.clone(), &opts) {
+        Ok(f) => f,
+        Err(e) => {
+            s.stopped = Some(format!("Fat::open: {e}"));
+            return s;
+        }
+    };
+    let m: Arc<dyn Medium> = Arc::new(fat);
+    let live = match dicomfs::fileset::FileSet::open(m.clone())
+        .and_then(|fs| Live::open(fs, true, Profile::default()))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            s.stopped = Some(format!("open: {e}"));
+            return s;
+        }
+    };
+    s.writes_open = fd.writes();
+    for (k, fid) in victims {
+        match live.delete(fid).and_then(|_| live.commit()) {
+            Ok(()) => s.ok.push((*k, fd.tripped())),
+            Err(e) => {
+                s.stopped = Some(format!("delete {fid}: {e}"));
+                break;
+            }
+        }
+    }
+    s.writes_end = fd.writes();
+    drop(live);
+    drop(m);
+    s
+}
+
+/// The fault sweep over deletes: every instance not deleted stays referenced with its bytes;
+/// every delete that returned before the fault is gone; fsck.fat and the oracles as above.
+#[test]
+fn fault_sweep_on_fat16_during_in_place_deletes() {
+    need("fsck.fat");
+    let t = TempDir::new("fatfaultdel");
+    let pristine = fat_fileset(t.path(), "pristine.img", 16, 16, Layout::Whole);
+    let all = insts(12, 77);
+    let fids = populate(&pristine.path, &all);
+    // Every other instance: first, middle and last children of their series.
+    let victims: Vec<(usize, String)> = fids
+        .iter()
+        .enumerate()
+        .step_by(2)
+        .map(|(k, f)| (k, f.clone()))
+        .collect();
+    let count_img = t.join("count.img");
+    std::fs::copy(&pristine.path, &count_img).unwrap();
+    let s = delete_session(&count_img, Fault::None, &victims);
+    assert_eq!(s.ok.len(), victims.len(), "{s:?}");
+    let mut n_runs = 0;
+    for (mode, samples) in [("fail", 10), ("vanish", 10), ("tear", 4)] {
+        for n in points(s.writes_open, s.writes_end, samples) {
+            let fault = match mode {
+                "fail" => Fault::Fail { after: n },
+                "vanish" => Fault::Vanish { after: n },
+                _ => Fault::Tear {
+                    after: n,
+                    sector: 512,
+                },
+            };
+            let path = t.join("work.img");
+            std::fs::copy(&pristine.path, &path).unwrap();
+            let img = Img {
+                path,
+                ..pristine.clone()
+            };
+            let s = delete_session(&img.path, fault, &victims);
+            let what = format!("FAT16 deletes {fault:?}");
+            let referenced = repaired(t.path(), &img, &all, &what, &format!("{s:?}"));
+            let done: Vec<usize> =
+                s.ok.iter()
+                    .filter(|(_, tripped)| !tripped)
+                    .map(|(k, _)| *k)
+                    .collect();
+            for k in 0..all.len() {
+                let victim = victims.iter().any(|(v, _)| *v == k);
+                if !victim {
+                    assert!(
+                        referenced.contains_key(&k),
+                        "{what}: instance {k} was not deleted but is gone\nsession: {s:?}"
+                    );
+                }
+                if done.contains(&k) {
+                    assert!(
+                        !referenced.contains_key(&k),
+                        "{what}: the delete of instance {k} returned before the fault but it is still referenced\nsession: {s:?}"
+                    );
+                }
+            }
+            n_runs += 1;
+        }
+    }
+    eprintln!(
+        "FAT16 deletes: {} writes in all, {n_runs} crash points judged",
+        s.writes_end - s.writes_open
+    );
 }
