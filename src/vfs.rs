@@ -548,9 +548,9 @@ impl Vfs {
             .medium()
             .list(&path)
             .map_err(|e| Error::medium(path.to_string(), e))?;
-        // In the medium's own order, as a kernel file system lists: on FAT that is the
-        // directory's order, usually the order of the files' clusters, so reading a listing
-        // in turn reads the medium front to back.
+        // In the medium's order (`Medium::list`): on FAT the directory's own order, usually
+        // the order of the files' clusters, so reading a listing in turn reads the medium
+        // front to back.
         let hidden: HashSet<String> = if self.live.writable {
             self.live.read().pending_paths.clone()
         } else {

@@ -192,6 +192,10 @@ impl Medium for HostDir {
                 ),
             }
         }
+        // A host directory's own order is its hash order, unrelated to where the files lie;
+        // File IDs are given in sequence, so name order is usually the order they were
+        // written in, and reading a listing in turn reads the disk front to back.
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 

@@ -79,7 +79,8 @@ pub trait Medium: Send + Sync {
     fn rmdir(&self, path: &str) -> io::Result<()>;
     /// Rename a file or directory, replacing a file at `to`.
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
-    /// List a directory (without `.` and `..`), in the medium's order.
+    /// List a directory (without `.` and `..`), in the order that reads the medium best: a
+    /// FAT directory's own order, a host directory's names sorted.
     fn list(&self, dir: &str) -> io::Result<Vec<DirEntry>>;
     /// Stat one path ("" is the root directory).
     fn stat(&self, path: &str) -> io::Result<Stat>;
